@@ -1,0 +1,73 @@
+"""The web tier: ingress, health, and every plugin's routes under the host's prefixes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from .auth import BearerAuth
+from .host import Host
+from .ingress import Ingress
+from .routes import Routes
+from .worker import EmbeddedWorker
+
+log = logging.getLogger("opcore.app")
+
+
+def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4) -> Starlette:
+    """The ASGI app for ``host``; ``with_worker`` runs Dramatiq threads for the app's lifetime."""
+
+    async def healthz(request: Request) -> JSONResponse:
+        try:
+            host.redis.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy, and says which
+            return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
+        return JSONResponse({
+            "status": "ok",
+            "store": "embedded" if host.settings.embedded else "redis",
+            "plugins": host.plugin_names,
+            "plugin_failures": sorted(host.loaded.failures),
+        })
+
+    internal: list[Mount] = []
+    widgets: list[Mount] = []
+    for name in host.plugin_names:
+        routes: Routes | None = host.call_plugin(name, "register_routes", host=host)
+        if routes is None:
+            continue
+        if routes.internal:
+            internal.append(Mount(f"/integrations/{name}", routes=routes.internal))
+        if routes.widget:
+            widgets.append(Mount(f"/{name}", routes=routes.widget))
+
+    token = host.settings.admin_token.get_secret_value() if host.settings.admin_token else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        worker = EmbeddedWorker(host, threads=worker_threads) if with_worker else None
+        if worker:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker:
+                worker.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/webhooks/orderprotection", Ingress(host).handle, methods=["POST"]),
+            Mount("/internal", routes=internal, middleware=[Middleware(BearerAuth, token=token)]),
+            Mount("/widgets", routes=widgets),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.host = host
+    return app

@@ -1,0 +1,61 @@
+"""Process-wide configuration, read once from the environment (prefix ``OPCORE_``).
+
+Everything the outside world can set lives here so ``serve`` and ``worker`` can refuse to
+start with one message that names every missing variable, instead of failing later at the
+first request that needs it.
+"""
+
+from __future__ import annotations
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variables and what to do."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPCORE_", extra="ignore")
+
+    redis_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    master_key: SecretStr | None = None
+    dashboard_url: str = "https://app.orderprotection.com"
+    #: Comma list of plugin names to load; empty loads every installed plugin.
+    plugins: str = ""
+    #: Make a plugin that fails to import fatal instead of reported.
+    strict_plugins: bool = False
+    #: Redis key prefix for everything opcore stores, so several deployments can share a Redis.
+    namespace: str = "opcore"
+    #: Largest webhook body accepted, in bytes.
+    max_body_bytes: int = 256 * 1024
+    #: How long accepted event ids are remembered (the contract says at least 7 days).
+    event_ttl_seconds: int = 8 * 24 * 3600
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def plugin_allowlist(self) -> list[str]:
+        return [name.strip() for name in self.plugins.split(",") if name.strip()]
+
+    def claim_url(self, claim_id: str) -> str:
+        return f"{self.dashboard_url}/claims/view/{claim_id}"
+
+    def require(self, *names: str) -> None:
+        """Raise one ConfigError naming every variable in ``names`` that is unset."""
+        missing = [f"OPCORE_{name.upper()}" for name in names if getattr(self, name) in (None, "")]
+        if missing:
+            raise ConfigError(
+                "missing configuration: "
+                + ", ".join(missing)
+                + ". Set them in the environment (see README, 'Configuration')."
+            )

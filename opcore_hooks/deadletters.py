@@ -1,0 +1,82 @@
+"""Work that will not succeed by retrying, kept with its reason until an operator replays it.
+
+Dramatiq's own dead-letter queue forgets messages after a week and keeps no reason; an
+operator needs to see *why* (a 400 from the helpdesk, a revoked key) and send it again once
+fixed. Entries are keyed by (actor, claim) so the same failure recorded twice is one entry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import dramatiq
+import redis
+from pydantic import BaseModel
+
+
+class DeadLetter(BaseModel):
+    id: str
+    actor: str
+    args: list[Any]
+    kwargs: dict[str, Any] = {}
+    store_id: str | None = None
+    claim_id: str | None = None
+    reason: str
+    at: float
+
+
+class DeadLetters:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.index = f"{prefix}:index"
+
+    def add(
+        self,
+        actor: str,
+        args: list[Any],
+        *,
+        reason: str,
+        kwargs: dict[str, Any] | None = None,
+        store_id: str | None = None,
+        claim_id: str | None = None,
+    ) -> DeadLetter:
+        ident = f"{actor}:{store_id or '-'}:{claim_id or time.time_ns()}"
+        entry = DeadLetter(
+            id=ident, actor=actor, args=list(args), kwargs=kwargs or {},
+            store_id=store_id, claim_id=claim_id, reason=reason, at=time.time(),
+        )
+        pipe = self.redis.pipeline()
+        pipe.set(f"{self.prefix}:{ident}", entry.model_dump_json())
+        pipe.zadd(self.index, {ident: entry.at})
+        pipe.execute()
+        return entry
+
+    def list(self, *, store_id: str | None = None, claim_id: str | None = None) -> list[DeadLetter]:
+        idents = [i.decode() for i in self.redis.zrange(self.index, 0, -1)]
+        raws = self.redis.mget([f"{self.prefix}:{i}" for i in idents]) if idents else []
+        entries = [DeadLetter.model_validate_json(raw) for raw in raws if raw]
+        return [
+            e for e in entries
+            if (store_id is None or e.store_id == store_id) and (claim_id is None or e.claim_id == claim_id)
+        ]
+
+    def replay(self, broker: dramatiq.Broker, entry: DeadLetter) -> None:
+        """Send the work again and forget the entry; the actor's own idempotency prevents doubles."""
+        broker.get_actor(entry.actor).send_with_options(args=tuple(entry.args), kwargs=entry.kwargs)
+        self.discard(entry.id)
+
+    def discard(self, ident: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(f"{self.prefix}:{ident}")
+        pipe.zrem(self.index, ident)
+        pipe.execute()
+
+    def count(self) -> int:
+        return int(self.redis.zcard(self.index))
+
+
+def dump(entries: list[DeadLetter]) -> str:
+    return json.dumps([e.model_dump() for e in entries], indent=2)

@@ -1,0 +1,101 @@
+"""The host's own actors: hand each accepted event to every plugin, one plugin at a time.
+
+``dispatch`` runs once per accepted event: it feeds the read model, then calls each
+plugin's hook separately. A plugin that raises gets its own ``deliver`` message, retried with
+Dramatiq's exponential backoff for that plugin alone, so a broken plugin never delays or
+repeats another plugin's work. Dramatiq delivers at least once: a redelivered dispatch calls
+the hooks again, which is why hooks must be idempotent per claim.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .events import Event, event_from_json
+
+if TYPE_CHECKING:
+    from .host import Host
+
+log = logging.getLogger("opcore.dispatch")
+
+QUEUE = "opcore"
+EXHAUSTED = "opcore.exhausted"
+
+#: Which plugin hook each topic reaches; order.upserted only feeds the read model.
+HOOK_FOR_TOPIC = {
+    "claim.created": "on_claim_created",
+    "claim.state_changed": "on_claim_status_changed",
+    "claim.approved": "on_claim_status_changed",
+    "claim.denied": "on_claim_status_changed",
+}
+
+
+class Dispatcher:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        broker = host.broker
+        import dramatiq
+
+        self.dispatch = dramatiq.actor(
+            self._dispatch, broker=broker, actor_name="opcore.dispatch", queue_name=QUEUE,
+            max_retries=20, min_backoff=500, max_backoff=300_000, on_retry_exhausted=EXHAUSTED,
+        )
+        self.deliver = dramatiq.actor(
+            self._deliver, broker=broker, actor_name="opcore.deliver", queue_name=QUEUE,
+            max_retries=25, min_backoff=1000, max_backoff=3_600_000, on_retry_exhausted=EXHAUSTED,
+        )
+        self.exhausted = dramatiq.actor(
+            self._exhausted, broker=broker, actor_name=EXHAUSTED, queue_name=QUEUE, max_retries=50,
+        )
+
+    # The topic decides the hook and the body model; both are validated again here because
+    # a message may have been written by an older or newer version of opcore.
+    def _dispatch(self, data: dict[str, Any]) -> None:
+        event = event_from_json(data)
+        self._feed_read_model(event)
+        hook = HOOK_FOR_TOPIC.get(event.topic)
+        if hook is None:
+            return
+        for name in self.host.implementers(hook):
+            try:
+                self._call(name, hook, event)
+            except Exception:  # noqa: BLE001 - isolation: one plugin's failure is its own
+                log.exception("plugin %r failed on %s %s; retrying it alone", name, event.topic, event.id)
+                self.deliver.send(name, data)
+
+    def _deliver(self, plugin: str, data: dict[str, Any]) -> None:
+        event = event_from_json(data)
+        hook = HOOK_FOR_TOPIC[event.topic]
+        self._call(plugin, hook, event)
+
+    def _call(self, plugin: str, hook: str, event: Event) -> None:
+        payload = {"claim": event.body} if hook == "on_claim_created" else {"change": event.body}
+        self.host.call_plugin(plugin, hook, host=self.host, event=event, **payload)
+
+    def _feed_read_model(self, event: Event) -> None:
+        rm = self.host.readmodel
+        if event.topic == "claim.created":
+            rm.record_claim(event.body, event.created_at)
+        elif event.topic == "order.upserted":
+            rm.record_order(event.body)
+        else:
+            rm.record_state(event.body, event.created_at)
+
+    def _exhausted(self, message: dict[str, Any], info: dict[str, Any]) -> None:
+        """Every retry is spent: keep the work and its reason where an operator will see it."""
+        options = message.get("options", {})
+        reason = (options.get("traceback") or "retries exhausted").strip().splitlines()[-1]
+        args = message.get("args", [])
+        body = next((a.get("body") for a in args if isinstance(a, dict) and "body" in a), {}) or {}
+        self.host.dead_letters.add(
+            message["actor_name"], list(args), kwargs=message.get("kwargs") or {},
+            reason=f"retries exhausted after {info.get('retries')}: {reason}",
+            store_id=body.get("store_id"), claim_id=body.get("claim_id"),
+        )
+
+    def send(self, event: Event) -> None:
+        """Durably enqueue an accepted event; raises if the broker cannot take it."""
+        self.dispatch.send(event.model_dump(mode="json"))
+
+

@@ -1,0 +1,127 @@
+"""The Host: everything a plugin may use, built once per process (or per test).
+
+A plugin gets the host in every hook and uses only what is public here: ``settings``,
+``redis``, ``broker``, ``actor()``, ``key()``, ``plugin_settings()``, ``vault``,
+``readmodel``, ``dead_letters``, ``claim_url()`` and ``call_plugin()``. Building two hosts in
+one process is fine (the tests do it all the time) because nothing here is global: each host
+has its own plugin manager, broker and actors.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any, Callable
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from .config import ConfigError, Settings
+from .deadletters import DeadLetters
+from .plugins import LoadedPlugins, load_plugins
+from .readmodel import ReadModel
+from .store import connect
+
+log = logging.getLogger("opcore.host")
+
+
+class Host:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        redis_client: redis.Redis | None = None,
+        plugins: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.redis: redis.Redis = redis_client or connect(self.settings.redis_url)
+        self.broker = RedisBroker(client=self.redis, namespace=self.key("dramatiq"))
+        self.loaded: LoadedPlugins = load_plugins(
+            plugins, allowlist=self.settings.plugin_allowlist, strict=self.settings.strict_plugins
+        )
+        self.pm = self.loaded.pm
+        self.readmodel = ReadModel(self.redis, self.key("rm"), self.settings)
+        self.dead_letters = DeadLetters(self.redis, self.key("dead"))
+        self._plugin_settings: dict[str, BaseSettings] = {}
+        for name in self.loaded.names():
+            model = self.call_plugin(name, "register_settings")
+            if model is not None:
+                try:
+                    self._plugin_settings[name] = model()
+                except ValidationError as exc:
+                    raise ConfigError(f"plugin {name!r} settings are invalid: {exc}") from None
+        from .dispatch import Dispatcher  # the dispatcher's actors need a finished host
+
+        self.dispatcher = Dispatcher(self)
+        self.pm.hook.register_actors(host=self)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Host:
+        return cls(Settings(), **kwargs)
+
+    # -- names -------------------------------------------------------------------------
+    def key(self, *parts: str) -> str:
+        """A Redis key in this deployment's namespace; every key opcore writes goes through here."""
+        return ":".join((self.settings.namespace, *parts))
+
+    def claim_url(self, claim_id: str) -> str:
+        return self.settings.claim_url(claim_id)
+
+    # -- plugins -----------------------------------------------------------------------
+    @property
+    def plugin_names(self) -> list[str]:
+        return self.loaded.names()
+
+    def plugin_settings(self, name: str) -> BaseSettings | None:
+        return self._plugin_settings.get(name)
+
+    def implementers(self, hook: str) -> list[str]:
+        """Names of the plugins that implement ``hook``, in registration order."""
+        return [impl.plugin_name for impl in getattr(self.pm.hook, hook).get_hookimpls()]
+
+    def call_plugin(self, name: str, hook: str, **kwargs: Any) -> Any:
+        """Call one plugin's implementation of ``hook``; None when it has none.
+
+        Events fan out plugin by plugin through this, so one plugin raising never skips
+        another (pluggy's own fan-out stops at the first exception, pluggy#419).
+        """
+        plugin = self.pm.get_plugin(name)
+        if plugin is None:
+            raise KeyError(f"no plugin named {name!r} is loaded")
+        others = [p for n, p in self.pm.list_name_plugin() if n != name]
+        results = self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+        return results[0] if results else None
+
+    def actor(
+        self, fn: Callable[..., Any], *, plugin: str, queue: str | None = None, **options: Any
+    ) -> dramatiq.Actor:
+        """Declare ``fn`` as an actor of ``plugin`` on this host's broker.
+
+        The actor is named ``<plugin>.<function>`` and uses the queue ``<plugin>`` unless
+        told otherwise, so each plugin's backlog is its own queue.
+        """
+        return dramatiq.actor(
+            fn,
+            broker=self.broker,
+            actor_name=f"{plugin}.{fn.__name__}",
+            queue_name=queue or plugin,
+            **options,
+        )
+
+    # -- secrets -----------------------------------------------------------------------
+    @cached_property
+    def vault(self):  # -> Vault; imported lazily so hosts without a master key still build
+        from .crypto import Vault
+
+        if self.settings.master_key is None:
+            raise ConfigError(
+                "OPCORE_MASTER_KEY is not set: it is needed to store credentials. Generate one "
+                "with `opcore keys generate` and set it in the environment."
+            )
+        return Vault.from_setting(self.settings.master_key.get_secret_value())
+
+    def close(self) -> None:
+        self.broker.close()

@@ -1,0 +1,128 @@
+"""``POST /webhooks/orderprotection``: validate, deduplicate, enqueue, answer within milliseconds.
+
+Order Protection wants an answer within 5 s and redelivers on failure, so this endpoint does
+no helpdesk work: a 202 means the event is in the broker. Deduplication is two-phase so a
+crash can never lose an event: the id is first held as *pending* for a short time, then marked
+*accepted* only after the broker took the message. If the process dies in between, the pending
+mark expires and Order Protection's redelivery is accepted; if the broker refuses, the mark is
+removed and the answer is 503 so the sender retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from dramatiq.errors import BrokerError
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+from .auth import secret_matches
+from .events import BODY_MODELS, Envelope, Event, normalize_topic, parse_body
+
+if TYPE_CHECKING:
+    from .host import Host
+
+log = logging.getLogger("opcore.ingress")
+
+#: How long a pending id blocks a concurrent duplicate; longer than any enqueue takes.
+PENDING_SECONDS = 30
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def error(status: int, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    payload: dict[str, Any] = {"error": message}
+    if details is not None:
+        payload["details"] = details
+    return JSONResponse(payload, status_code=status)
+
+
+def describe_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
+    """pydantic errors as ``{"field": "body.customer.email", "message": ...}``, never echoing input."""
+    return [
+        {
+            "field": ".".join(str(part) for part in (prefix, *err["loc"]) if part != ""),
+            "message": err["msg"],
+            "type": err["type"],
+        }
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Ingress:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        secret = host.settings.webhook_secret
+        self.secret = secret.get_secret_value() if secret else None
+
+    def _seen_key(self, event_id: str) -> str:
+        return self.host.key("seen", event_id)
+
+    async def handle(self, request: Request) -> JSONResponse:
+        if self.secret is None or not secret_matches(request.headers.get("x-webhook-secret"), self.secret):
+            return error(401, "missing or wrong x-webhook-secret header")
+        limit = self.host.settings.max_body_bytes
+        try:
+            raw = await read_limited(request, limit)
+        except BodyTooLarge:
+            return error(413, f"body is larger than {limit // 1024} KiB")
+        except ClientDisconnect:
+            return error(400, "the request body was not fully received")
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return error(400, f"body is not valid JSON: {exc}")
+        if not isinstance(data, dict):
+            return error(422, "body must be a JSON object (Order Protection's webhook envelope)",
+                         [{"field": "", "message": "expected an object", "type": "object_type"}])
+        try:
+            envelope = Envelope.model_validate(data)
+        except ValidationError as exc:
+            return error(422, "the webhook envelope is invalid", describe_errors(exc))
+        topic = normalize_topic(envelope.topic)
+        if topic not in BODY_MODELS:
+            return JSONResponse({"status": "ignored", "topic": envelope.topic}, status_code=200)
+        try:
+            body = parse_body(topic, envelope.body)
+        except ValidationError as exc:
+            details = describe_errors(exc, "body")
+            fields = ", ".join(d["field"] for d in details)
+            return error(422, f"the {topic} body is invalid: {fields}", details)
+        event = Event(id=envelope.id, topic=topic, created_at=envelope.created_at, body=body)
+        return self._accept(event)
+
+    def _accept(self, event: Event) -> JSONResponse:
+        key = self._seen_key(event.id)
+        redis = self.host.redis
+        try:
+            if not redis.set(key, b"pending", nx=True, ex=PENDING_SECONDS):
+                return JSONResponse({"status": "duplicate", "event_id": event.id}, status_code=200)
+            try:
+                self.host.dispatcher.send(event)
+            except Exception:
+                redis.delete(key)
+                raise
+            redis.set(key, b"accepted", ex=self.host.settings.event_ttl_seconds)
+        except (RedisError, BrokerError, ConnectionError, OSError) as exc:
+            log.error("broker unavailable, event %s not accepted: %s", event.id, type(exc).__name__)
+            return error(503, "the queue is unavailable; the event was not accepted, retry later")
+        return JSONResponse({"status": "accepted", "event_id": event.id}, status_code=202)

@@ -1,0 +1,173 @@
+"""opcore's pytest plugin: fixtures and helpers for the host's tests and every plugin's.
+
+Installed as a ``pytest11`` entry point, so a plugin copied from ``plugins/_template`` has
+``make_host``, ``run_worker`` and the payload builders without a conftest of its own. Every
+test that takes ``redis_client`` runs on fakeredis, and on real Redis as well when
+``OPCORE_TEST_REDIS_URL`` is set (CI sets it), so the embedded mode and production run the
+same code under the same assertions.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from .config import Settings
+from .crypto import generate_master_key
+from .host import Host
+from .worker import EmbeddedWorker
+
+REAL_REDIS = os.environ.get("OPCORE_TEST_REDIS_URL")
+BACKENDS = ["fakeredis"] + (["redis"] if REAL_REDIS else [])
+
+WEBHOOK_SECRET = "whsec_test_0123456789"
+ADMIN_TOKEN = "admin_test_token_0123456789"
+
+
+@pytest.fixture(params=BACKENDS)
+def redis_client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    if request.param == "fakeredis":
+        yield fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        return
+    client = redis.Redis.from_url(REAL_REDIS)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        _env_file=None,
+        redis_url=None,
+        webhook_secret=WEBHOOK_SECRET,
+        admin_token=ADMIN_TOKEN,
+        master_key=generate_master_key(),
+        namespace="optest",
+        plugins="",
+    )
+
+
+@pytest.fixture
+def make_host(redis_client: redis.Redis, settings: Settings) -> Iterator[Callable[..., Host]]:
+    """Build a host on the test's Redis with exactly the plugins given (no entry points)."""
+    built: list[Host] = []
+
+    def make(plugins: dict[str, Any] | None = None, **overrides: Any) -> Host:
+        host = Host(settings.model_copy(update=overrides), redis_client=redis_client, plugins=plugins or {})
+        built.append(host)
+        return host
+
+    yield make
+    for host in built:
+        host.close()
+
+
+@pytest.fixture
+def run_worker() -> Iterator[Callable[[Host], EmbeddedWorker]]:
+    started: list[EmbeddedWorker] = []
+
+    def start(host: Host, threads: int = 4) -> EmbeddedWorker:
+        worker = EmbeddedWorker(host, threads=threads)
+        worker.start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop(timeout_ms=5000)
+
+
+
+CLAIM_CREATED: dict[str, Any] = {
+    "id": "3b6f0c1e-0000-4000-8000-000000000001",
+    "topic": "claim.created",
+    "created_at": "2026-11-27T10:00:00Z",
+    "body": {
+        "store_id": "store_123",
+        "claim_id": "cm6v2zdt10002j20vqs7f74hc",
+        "claim_number": "OP-1042",
+        "order_id": "order-1",
+        "source_order_id": "100",
+        "created_at": "2026-11-27T09:59:58Z",
+        "claim_description": "Item arrived damaged",
+        "claim_type": "DAMAGED",
+        "claim_state": "NEW",
+        "items": [{"product_id": "p1", "variant_id": "v1", "sku": "SKU123", "item_id": "i1",
+                   "item_name": "Wireless Mouse", "quantity": 1}],
+        "customer": {"email": "ana@example.com", "first_name": "Ana", "last_name": "Lima",
+                     "phone": "+15551230000"},
+        "order": {"order_number": "#1001", "currency": "USD", "placed_at": "2026-11-20T08:00:00Z",
+                  "line_items": [{"item_id": "i1", "item_name": "Wireless Mouse", "sku": "SKU123",
+                                  "quantity": 1, "unit_price": "24.99"}],
+                  "subtotal": "24.99", "shipping": "4.99", "tax": "2.10", "total": "32.08"},
+    },
+}
+
+
+def claim_created(**body: Any) -> dict[str, Any]:
+    """A claim.created envelope with a fresh event id; ``body`` overrides body fields."""
+    event = copy.deepcopy(CLAIM_CREATED)
+    event["id"] = str(uuid.uuid4())
+    event["body"].update(body)
+    return event
+
+
+def state_changed(claim_id: str, state: str, store_id: str = "store_123", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "topic": "claim.state_changed",
+        "created_at": extra.pop("created_at", "2026-11-27T10:05:00Z"),
+        "body": {"store_id": store_id, "claim_id": claim_id, "claim_state": state, **extra},
+    }
+
+
+def approved(claim_id: str, store_id: str = "store_123") -> dict[str, Any]:
+    """claim/approved as Order Protection's documentation shows it: camelCase, slash topic."""
+    return {
+        "id": str(uuid.uuid4()),
+        "topic": "claim/approved",
+        "created_at": "2026-11-27T10:06:00Z",
+        "body": {"claimId": claim_id, "storeId": store_id,
+                 "resolutions": [{"type": "RESHIP", "itemId": "i1", "quantity": 1}]},
+    }
+
+
+def drain(host: Host, worker: EmbeddedWorker, timeout: float = 15.0) -> None:
+    """Wait until every queue of ``host`` (delayed ones included) is empty and the worker idle."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for queue in host.broker.get_declared_queues():
+            host.broker.join(queue, timeout=max(1, int((deadline - time.monotonic()) * 1000)))
+        worker.join()
+        if all(_queue_empty(host, q) for q in host.broker.get_declared_queues()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("queues did not drain")
+
+
+def _queue_empty(host: Host, queue: str) -> bool:
+    from dramatiq.common import dq_name
+
+    r = host.redis
+    ns = host.broker.namespace
+    return all(r.llen(f"{ns}:{q}") == 0 and r.hlen(f"{ns}:{q}.msgs") == 0 for q in (queue, dq_name(queue)))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll until ``predicate`` is truthy; fail with a clear message otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -1,0 +1,1 @@
+"""The host's fixtures come from opcore_hooks.testing (a pytest11 plugin); nothing else here."""
