@@ -1,0 +1,476 @@
+"""A local stand-in for Richpanel's REST API, with the faults the real one can show.
+
+No call to the real API can be made while developing, so this app follows
+shared/reference/richpanel-api.md: the per-key quota with 429/492 and Retry-After, 5xx, slow
+answers, and answers lost after the work was done. Tests inspect `app.state.sandbox` directly;
+a separately running sandbox is set up and inspected through the `/_sandbox/*` routes, which have
+no authentication: bind it to localhost only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import formatdate
+from typing import Any, Callable, Literal
+
+import anyio
+import httpx
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .client import KEY_HEADER, mask_key
+
+MAX_BODY = 1024 * 1024
+STATUSES = {"OPEN", "CLOSED"}
+
+
+class SandboxConfig(BaseModel):
+    """Fault knobs; every rate is a probability per /v1 request, drawn from one seeded RNG."""
+
+    model_config = ConfigDict(extra="forbid")
+    quota: int | None = Field(50, ge=1)
+    window: float = Field(30.0, gt=0)
+    limit_status: Literal[429, 492] = 429
+    retry_after_form: Literal["seconds", "date", "mixed"] = "seconds"
+    latency_ms: tuple[NonNegativeInt, NonNegativeInt] = (0, 0)  # uniform in [low, high]
+    error_rate: float = Field(0.0, ge=0, le=1)
+    rate_limit_rate: float = Field(0.0, ge=0, le=1)
+    drop_rate: float = Field(0.0, ge=0, le=1)
+    seed: int | None = None
+
+
+class DroppedConnection(httpx.RemoteProtocolError):
+    """Raised after a request was processed to lose its answer.
+
+    Under uvicorn the status line is already written when this is raised, so the server closes
+    the socket mid-answer and the client gets no complete response. It subclasses httpx's error
+    so in-process tests through starlette's TestClient see the same failure a real socket gives.
+    """
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _inner(body: Any, name: str) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get(name), dict):
+        raise HTTPException(400, f'body must be {{"{name}": {{...}}}}')
+    return body[name]
+
+
+def _tag_ids(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise HTTPException(400, "tags must be a list of tag ids")
+    return list(dict.fromkeys(value))
+
+
+def _comments(comment: Any, via: Any, now: str) -> list[dict[str, Any]]:
+    items = comment if isinstance(comment, list) else [comment] if isinstance(comment, dict) else []
+    return [{"id": str(uuid.uuid4()), "body": c.get("body", ""), "plain_body": c.get("body", ""),
+             "sender_type": c.get("sender_type", "customer"), "public": c.get("public", True),
+             "author_id": c.get("author_id"), "created_at": now, "via": via} for c in items]
+
+
+@dataclass
+class Account:
+    """One Richpanel account and its API; the quota is per key, so the request window lives here.
+
+    The API methods take the request's JSON body, answer the JSON to send with 200, and raise
+    HTTPException for errors. They run with the state's lock held.
+    """
+
+    api_key: str = field(repr=False)
+    organization_id: str
+    teams: list[dict[str, Any]]
+    tickets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tags: dict[str, dict[str, Any]] = field(default_factory=dict)
+    window: deque[float] = field(default_factory=deque, repr=False)
+
+    @property
+    def masked_key(self) -> str:
+        return mask_key(self.api_key)
+
+    def ticket(self, ticket_id: str) -> dict[str, Any]:
+        if ticket_id not in self.tickets:
+            raise HTTPException(404, "ticket not found")
+        return self.tickets[ticket_id]
+
+    def create_ticket(self, body: Any) -> dict[str, Any]:
+        fields = _inner(body, "ticket")
+        # The reference: a supplied id is made unique before creating, so a taken one gets a new id.
+        wanted = str(fields.get("id") or "")
+        ticket_id = wanted if wanted and wanted not in self.tickets else uuid.uuid4().hex[:20]
+        ticket = {"id": ticket_id, "created_at": _now(), "status": "OPEN", "subject": None,
+                  "priority": None, "assignee_id": "unassigned", "via": {}, "tags": [],
+                  "customer_profile": {}, "comments": []}
+        answer = self.update_ticket(ticket, fields)
+        self.tickets[ticket_id] = ticket
+        return answer
+
+    @staticmethod
+    def update_ticket(ticket: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+        """Partial, as Richpanel's is: only the attributes sent change; a comment is appended."""
+        now = _now()
+        for name, value in changes.items():
+            if name == "comment":
+                ticket["comments"].extend(_comments(value, ticket.get("via"), now))
+            elif name == "status":
+                if str(value).upper() not in STATUSES:
+                    raise HTTPException(400, "status must be OPEN or CLOSED")
+                ticket["status"] = str(value).upper()
+            elif name != "id":
+                ticket[name] = _tag_ids(value) if name == "tags" else value
+        ticket["updated_at"] = now
+        return {"ticket": ticket}
+
+    def snooze(self, ticket_id: str, body: Any) -> dict[str, Any]:
+        ticket = self.ticket(ticket_id)
+        if not isinstance(body, dict) or "snoozed_till" not in body:
+            raise HTTPException(400, "snoozed_till is required")
+        ticket.update(snoozed_till=body["snoozed_till"], snoozed_at=_now())
+        return {"ticket": ticket}
+
+    def by_email(self, email: str) -> dict[str, Any]:
+        """Matches `via.source.from.address` case-insensitively; none found is an empty list."""
+        def sender(t: dict[str, Any]) -> str:
+            source = (t.get("via") or {}).get("source") or {}
+            return str((source.get("from") or {}).get("address") or "").strip().lower()
+        return {"tickets": [t for t in self.tickets.values() if sender(t) == email.strip().lower()]}
+
+    def change_tags(self, ticket_id: str, body: Any, adding: bool) -> dict[str, Any]:
+        ticket = self.ticket(ticket_id)
+        tags = _tag_ids(body.get("tags") if isinstance(body, dict) else None)
+        kept = [t for t in ticket["tags"] if t not in tags]
+        return self.update_ticket(ticket, {"tags": kept + tags if adding else kept})
+
+    def create_tag(self, body: Any) -> dict[str, Any]:
+        fields = body.get("tag", body) if isinstance(body, dict) else None
+        name = fields.get("name") if isinstance(fields, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            raise HTTPException(400, "tag name is required")
+        if any(t["name"].lower() == name.lower() for t in self.tags.values()):
+            raise HTTPException(409, "a tag with this name already exists")
+        tag = {"id": str(uuid.uuid4()), "name": name,
+               "description": fields.get("description", ""), "created_at": _now()}
+        self.tags[tag["id"]] = tag
+        return {"tag": tag}
+
+
+class SandboxState:
+    """Everything the sandbox knows; every access goes through `lock` (apps run in many threads)."""
+
+    def __init__(self, config: SandboxConfig | None = None):
+        self.lock = threading.RLock()
+        self.config = config or SandboxConfig()
+        self.rng = random.Random(self.config.seed)
+        self.accounts: dict[str, Account] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.rate_limited: Counter[str] = Counter()  # api key -> rate-limited answers
+        self._date_turn = False
+
+    def add_account(self, api_key: str, teams: list[dict[str, Any]] | None = None) -> Account:
+        """Registers a key; re-adding one keeps its tickets and replaces its teams if given."""
+        with self.lock:
+            account = self.accounts.get(api_key)
+            if account is None:
+                account = Account(api_key, str(uuid.uuid4()), [])
+                self.accounts[api_key] = account
+                teams = teams if teams is not None else [{"name": "Support"}, {"name": "Claims"}]
+            if teams is not None:
+                now = _now()
+                account.teams = [{"id": t.get("id") or str(uuid.uuid4()), "name": t.get("name", ""),
+                                  "organization_id": account.organization_id,
+                                  "created_at": t.get("created_at", now), "updated_at": now}
+                                 for t in teams]
+            return account
+
+    def tickets(self, api_key: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.accounts[api_key].tickets.values())
+
+    def view_requests(self) -> dict[str, Any]:
+        """Every request received, oldest first, keys masked (what GET /_sandbox/requests shows)."""
+        with self.lock:
+            return {"requests": list(self.requests)}
+
+    def view_tickets(self) -> dict[str, Any]:
+        with self.lock:
+            return {"accounts": [{"account": a.masked_key,
+                                  "rate_limited": self.rate_limited[a.api_key],
+                                  "tickets": list(a.tickets.values())}
+                                 for a in self.accounts.values()]}
+
+    def update_config(self, **changes: Any) -> SandboxConfig:
+        """Partial update, validated as a whole; a new seed restarts the RNG."""
+        with self.lock:
+            self.config = SandboxConfig.model_validate({**self.config.model_dump(), **changes})
+            if "seed" in changes:
+                self.rng = random.Random(self.config.seed)
+            return self.config
+
+    def reset(self) -> None:
+        """Forgets accounts, tickets, requests and counters; keeps the fault config."""
+        with self.lock:
+            self.accounts.clear()
+            self.requests.clear()
+            self.rate_limited.clear()
+
+    # Called with the lock held.
+    def _admit(self, account: Account) -> float | None:
+        """Counts the request in the key's sliding window, or returns the seconds until it may."""
+        quota, window, now = self.config.quota, self.config.window, time.monotonic()
+        if quota is None:
+            return None
+        w = account.window
+        while w and w[0] <= now - window:
+            w.popleft()
+        if len(w) >= quota:
+            return w[0] + window - now
+        w.append(now)
+        return None
+
+    def _retry_after(self, wait: float) -> str:
+        seconds = max(1, math.ceil(wait))
+        form = self.config.retry_after_form
+        if form == "mixed":
+            self._date_turn = not self._date_turn
+            form = "date" if self._date_turn else "seconds"
+        if form == "date":  # rounded up: an HTTP date has whole seconds and must not come early
+            return formatdate(math.ceil(time.time() + seconds), usegmt=True)
+        return str(seconds)
+
+    def _mask(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: mask_key(v) if k == "api_key" and isinstance(v, str) else self._mask(v)
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._mask(v) for v in value]
+        if isinstance(value, str):
+            for key in self.accounts:
+                value = value.replace(key, mask_key(key))
+        return value
+
+    def _record(self, request: Request, status: int | None, key: str | None, body: Any) -> None:
+        self.requests.append({
+            "method": request.method, "path": request.url.path, "status": status,
+            "dropped": status is None, "time": time.time(),
+            "account": mask_key(key) if key else None, "body": self._mask(body)})
+
+
+# -- the request pipeline ----------------------------------------------------------------------
+
+Handler = Callable[[Account, dict[str, str], Any], dict[str, Any]]
+
+
+class _DropResponse(JSONResponse):
+    """Starts the answer, then fails: uvicorn closes the socket before any body is sent."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        raise DroppedConnection("sandbox dropped the connection after processing the request")
+
+
+def _api(handler: Handler) -> Callable[[Request], Any]:
+    """Auth, quota and injected faults around a handler, in the order a client would meet them."""
+    async def endpoint(request: Request) -> Response:
+        state: SandboxState = request.app.state.sandbox
+        raw = await request.body()
+        key = request.headers.get(KEY_HEADER)
+        with state.lock:
+            cfg, rng, account = state.config, state.rng, state.accounts.get(key or "")
+            if account is None:
+                state._record(request, 401, None, None)
+                return JSONResponse({"error": "missing or invalid x-richpanel-key"}, 401)
+            wait = 1.0 if rng.random() < cfg.rate_limit_rate else state._admit(account)
+            left = 0 if wait is not None or cfg.quota is None else cfg.quota - len(account.window)
+            headers = {} if cfg.quota is None else {
+                "X-RateLimit-Limit": str(cfg.quota), "X-RateLimit-Remaining": str(left)}
+            if wait is not None:  # limited answers do not count against the quota
+                state.rate_limited[account.api_key] += 1
+                state._record(request, cfg.limit_status, key, None)
+                headers["Retry-After"] = state._retry_after(wait)
+                return JSONResponse({"error": "Too Many Requests"}, cfg.limit_status, headers)
+            delay = rng.uniform(*cfg.latency_ms) / 1000
+            fail, drop = rng.random() < cfg.error_rate, rng.random() < cfg.drop_rate
+        if delay:
+            await anyio.sleep(delay)
+        body: Any = None
+        try:
+            if fail:
+                raise HTTPException(500, "internal server error (injected)")
+            if len(raw) > MAX_BODY:
+                raise HTTPException(413, "payload too large")
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                raise HTTPException(400, "body is not valid JSON") from None
+            with state.lock:
+                status, answer = 200, handler(account, request.path_params, body)
+        except HTTPException as exc:
+            status, answer = exc.status_code, {"error": exc.detail}
+        with state.lock:
+            state._record(request, None if drop else status, key, body)
+        return (_DropResponse if drop else JSONResponse)(answer, status, headers)
+    return endpoint
+
+
+# -- control routes: (state, JSON body) -> (status, answer); views are not recorded -----------
+
+def _control(fn: Callable[[SandboxState, Any], tuple[int, Any]]) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        state: SandboxState = request.app.state.sandbox
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            return JSONResponse({"error": "body is not valid JSON"}, 400)
+        status, answer = fn(state, body)
+        if request.method != "GET":
+            with state.lock:
+                state._record(request, status, None, body)
+        return JSONResponse(answer, status)
+    return endpoint
+
+
+def add_account(state: SandboxState, body: Any) -> tuple[int, Any]:
+    teams = body.get("teams") if isinstance(body, dict) else None
+    teams_ok = teams is None or isinstance(teams, list) and all(isinstance(t, dict) for t in teams)
+    if not isinstance(body, dict) or not isinstance(body.get("api_key"), str) \
+            or not body["api_key"] or not teams_ok:
+        return 400, {"error": 'body must be {"api_key": "...", "teams": [{"name": ...}, ...]}'}
+    account = state.add_account(body["api_key"], teams)
+    return 201, {"account": account.masked_key, "organization_id": account.organization_id,
+                 "teams": account.teams}
+
+
+def update_config(state: SandboxState, body: Any) -> tuple[int, Any]:
+    if not isinstance(body, dict):
+        return 400, {"error": "body must be a JSON object"}
+    try:
+        return 200, state.update_config(**body).model_dump()
+    except ValidationError as exc:
+        return 422, {"error": "invalid config", "details": json.loads(exc.json())}
+
+
+def reset(state: SandboxState, _: Any) -> tuple[int, Any]:
+    state.reset()
+    return 200, {"status": "reset"}
+
+
+def create_sandbox(config: SandboxConfig | None = None) -> Starlette:
+    """A fresh app with its own state (`app.state.sandbox`); no account exists until added."""
+    one = "/v1/tickets/{id}"
+    routes = [
+        Route("/v1/teams", _api(lambda a, p, b: {"team": a.teams}), methods=["GET"]),
+        Route("/v1/channel", _api(lambda a, p, b: {"channels": [{
+            "id": "email-" + a.organization_id[:8], "type": "email",
+            "business_brand_name": "Sandbox Store"}]}), methods=["GET"]),
+        Route("/v1/tickets", _api(lambda a, p, b: a.create_ticket(b)), methods=["POST"]),
+        Route("/v1/tickets/email/{email}", _api(lambda a, p, b: a.by_email(p["email"])),
+              methods=["GET"]),
+        Route(one, _api(lambda a, p, b: {"ticket": a.ticket(p["id"])}), methods=["GET"]),
+        Route(one, _api(lambda a, p, b: a.update_ticket(a.ticket(p["id"]), _inner(b, "ticket"))),
+              methods=["PUT"]),
+        Route(one + "/snooze", _api(lambda a, p, b: a.snooze(p["id"], b)), methods=["PUT"]),
+        Route(one + "/add-tags", _api(lambda a, p, b: a.change_tags(p["id"], b, True)),
+              methods=["PUT"]),
+        Route(one + "/remove-tags", _api(lambda a, p, b: a.change_tags(p["id"], b, False)),
+              methods=["PUT"]),
+        Route("/v1/tags", _api(lambda a, p, b: {"tag": list(a.tags.values())}), methods=["GET"]),
+        Route("/v1/tags", _api(lambda a, p, b: a.create_tag(b)), methods=["POST"]),
+        Route("/v1/{rest:path}", _api(_not_found),
+              methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Route("/_sandbox/accounts", _control(add_account), methods=["POST"]),
+        Route("/_sandbox/config", _control(update_config), methods=["PUT"]),
+        Route("/_sandbox/config", _control(lambda s, _: (200, s.config.model_dump())),
+              methods=["GET"]),
+        Route("/_sandbox/requests", _control(lambda s, _: (200, s.view_requests())),
+              methods=["GET"]),
+        Route("/_sandbox/tickets", _control(lambda s, _: (200, s.view_tickets())), methods=["GET"]),
+        Route("/_sandbox/reset", _control(reset), methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.sandbox = SandboxState(config)
+    return app
+
+
+def _not_found(*_: Any) -> dict[str, Any]:
+    raise HTTPException(404, "no such endpoint")
+
+
+# -- running it --------------------------------------------------------------------------------
+
+class _HideDrops(logging.Filter):
+    """A deliberate drop is not a server bug: keep uvicorn from logging its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], DroppedConnection))
+
+
+def _serve(app: Starlette, host: str, port: int, **options: Any) -> uvicorn.Server:
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="off", **options))
+    logger = logging.getLogger("uvicorn.error")  # after Config, which may reconfigure logging
+    if not any(isinstance(f, _HideDrops) for f in logger.filters):
+        logger.addFilter(_HideDrops())
+    return server
+
+
+@dataclass
+class SandboxServer:
+    """A sandbox on a real socket in a background thread, for tests that need real transport."""
+
+    url: str
+    app: Starlette
+    _server: uvicorn.Server = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+
+    @property
+    def state(self) -> SandboxState:
+        return self.app.state.sandbox
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> SandboxServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_in_thread(config: SandboxConfig | None = None, host: str = "127.0.0.1",
+                  port: int = 0) -> SandboxServer:
+    """Returns once the socket listens; port 0 picks a free one (see `.url`)."""
+    app = create_sandbox(config)
+    server = _serve(app, host, port, log_config=None, access_log=False,
+                    timeout_graceful_shutdown=1)
+    thread = threading.Thread(target=server.run, name="richpanel-sandbox", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"Richpanel sandbox did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    return SandboxServer(f"http://{host}:{bound}", app, server, thread)
+
+
+def main(port: int, host: str = "127.0.0.1", **config: Any) -> None:
+    """Foreground server; add accounts with POST /_sandbox/accounts {"api_key": "rp_..."}."""
+    _serve(create_sandbox(SandboxConfig(**config)), host, port).run()
