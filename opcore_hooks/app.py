@@ -71,3 +71,12 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
     )
     app.state.host = host
     return app
+
+
+def from_env() -> Starlette:
+    """ASGI factory for ``uvicorn --factory opcore_hooks.app:from_env`` (several web processes)."""
+    from .config import Settings
+
+    settings = Settings()
+    settings.require("webhook_secret", "admin_token", "master_key")
+    return create_app(Host.from_env(), with_worker=settings.embedded)

@@ -4,12 +4,16 @@ Fed by every claim and order event whether or not any helpdesk is configured for
 yet, so a store that connects later sees its history. Writes are idempotent (a redelivered
 event rewrites the same values) and state changes are ordered by the event's time, so a late
 redelivery of an older state never overwrites a newer one.
+
+Times are kept in UTC: event times as fixed-width ``...T..:..:...ffffffZ`` stamps, so Lua can
+order them as strings, and views sorted by the parsed datetime, so ``+02:00`` and ``Z`` offsets
+(or a missing fraction of a second) never reorder a customer's history.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import redis
@@ -39,6 +43,42 @@ if (claim['state_at'] or '') > ARGV[3] then return 0 end
 claim['claim_state'] = ARGV[2]
 claim['state_at'] = ARGV[3]
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(claim))
+return 1
+"""
+
+
+# Record a created claim in one step, so a state change arriving meanwhile is never lost:
+# keep a state already recorded for it, else take a parked (earlier-arrived) state when it is
+# not older than the creation, then index the claim and drop the parked change.
+_SET_CLAIM = """
+local view = cjson.decode(ARGV[2])
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw then
+  local old = cjson.decode(raw)
+  view['claim_state'] = old['claim_state']
+  view['state_at'] = old['state_at'] or ''
+else
+  view['state_at'] = ARGV[3]
+  local parked = redis.call('GET', KEYS[3])
+  if parked then
+    local p = cjson.decode(parked)
+    if (p['state_at'] or '') >= ARGV[3] then
+      view['claim_state'] = p['claim_state']
+      view['state_at'] = p['state_at'] or ''
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(view))
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+# Write an order snapshot unless one from a later event is already recorded.
+_SET_ORDER = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw and (cjson.decode(raw)['seen_at'] or '') > ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
@@ -77,8 +117,32 @@ class CustomerContext(BaseModel):
     claims: list[ClaimView] = []
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    """``value`` in UTC; a time without an offset is taken to be UTC already."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
 def _iso(value: datetime | None) -> str:
-    return value.isoformat() if value else ""
+    """A fixed-width UTC stamp whose string order is its time order; "" when unknown."""
+    utc = _utc(value)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if utc else ""
+
+
+_OLDEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _when(value: Any) -> datetime:
+    """Sort key of a stored ISO time; unknown or unreadable times sort as the oldest."""
+    if not value:
+        return _OLDEST
+    try:
+        return _utc(datetime.fromisoformat(value)) or _OLDEST
+    except (TypeError, ValueError):
+        return _OLDEST
 
 
 class ReadModel:
@@ -87,6 +151,8 @@ class ReadModel:
         self.prefix = prefix
         self.settings = settings
         self._set_state = client.register_script(_SET_STATE)
+        self._set_claim = client.register_script(_SET_CLAIM)
+        self._set_order = client.register_script(_SET_ORDER)
 
     def _k(self, store_id: str, *parts: str) -> str:
         return ":".join((self.prefix, store_id, *parts))
@@ -101,27 +167,21 @@ class ReadModel:
             claim_type=claim.claim_type.value,
             claim_state=claim.claim_state.value,
             order_number=order_number or claim.source_order_id,
-            created_at=claim.created_at or event_time,
+            created_at=_utc(claim.created_at or event_time),
             claim_url=self.settings.claim_url(claim.claim_id),
-        ).model_dump(mode="json")
+        )
         claims_key = self._k(claim.store_id, email, "claims")
-        existing = self.redis.hget(claims_key, claim.claim_id)
-        if existing:  # a later state change may already be recorded; keep it
-            view["claim_state"] = json.loads(existing).get("claim_state", view["claim_state"])
-            view["state_at"] = json.loads(existing).get("state_at", "")
-        else:
-            view["state_at"] = _iso(event_time)
-            parked = self.redis.get(self._k(claim.store_id, "parked", claim.claim_id))
-            if parked and json.loads(parked)["state_at"] >= view["state_at"]:
-                view.update(json.loads(parked))
-        pipe = self.redis.pipeline()
-        pipe.hset(claims_key, claim.claim_id, json.dumps(view))
-        pipe.set(self._k(claim.store_id, "claim", claim.claim_id), email)
-        pipe.delete(self._k(claim.store_id, "parked", claim.claim_id))
-        pipe.execute()
+        self._set_claim(
+            keys=[
+                claims_key,
+                self._k(claim.store_id, "claim", claim.claim_id),
+                self._k(claim.store_id, "parked", claim.claim_id),
+            ],
+            args=[claim.claim_id, view.model_dump_json(), _iso(event_time), email],
+        )
         self._record_customer(claim.store_id, claim.customer)
         if claim.order is not None:
-            self._record_order(claim.store_id, email, claim.order)
+            self._record_order(claim.store_id, email, claim.order, event_time)
         self._trim(claims_key, "created_at")
 
     def record_state(self, change: ClaimStatusChanged, event_time: datetime | None) -> bool:
@@ -134,26 +194,28 @@ class ReadModel:
         )
         return applied != 0
 
-    def record_order(self, event: OrderUpserted) -> None:
+    def record_order(self, event: OrderUpserted, event_time: datetime | None = None) -> None:
+        """Record an order snapshot; with ``event_time``, an older snapshot never replaces a newer one."""
         self._record_customer(event.store_id, event.customer)
-        self._record_order(event.store_id, event.customer.email.lower(), event.order)
+        self._record_order(event.store_id, event.customer.email.lower(), event.order, event_time)
 
     def _record_customer(self, store_id: str, customer: Customer) -> None:
         fields = {k: v for k, v in customer.model_dump(include={"first_name", "last_name", "phone"}).items() if v}
         fields["email"] = customer.email or ""
         self.redis.hset(self._k(store_id, customer.email.lower(), "profile"), mapping=fields)
 
-    def _record_order(self, store_id: str, email: str, order: Order) -> None:
+    def _record_order(self, store_id: str, email: str, order: Order, event_time: datetime | None) -> None:
         view = OrderView(
             order_number=order.order_number,
-            placed_at=order.placed_at,
+            placed_at=_utc(order.placed_at),
             currency=order.currency,
             total=order.total,
             items=[{"item_name": li.item_name, "quantity": li.quantity} for li in order.line_items],
         )
         key = self._k(store_id, email, "orders")
         ident = order.order_number or _iso(order.placed_at) or "unknown"
-        self.redis.hset(key, ident, view.model_dump_json())
+        row = {**view.model_dump(mode="json"), "seen_at": _iso(event_time)}
+        self._set_order(keys=[key], args=[ident, json.dumps(row), _iso(event_time)])
         self._trim(key, "placed_at")
 
     def _trim(self, key: str, by: str) -> None:
@@ -161,7 +223,7 @@ class ReadModel:
             return
         rows = sorted(
             ((field, json.loads(raw)) for field, raw in self.redis.hgetall(key).items()),
-            key=lambda row: row[1].get(by) or "",
+            key=lambda row: _when(row[1].get(by)),
         )
         self.redis.hdel(key, *[field for field, _ in rows[: len(rows) - CAP]])
 
@@ -174,8 +236,8 @@ class ReadModel:
         pipe.hvals(self._k(store_id, email, "claims"))
         profile, orders, claims = pipe.execute()
         profile = {k.decode(): v.decode() for k, v in profile.items()}
-        order_rows = sorted((json.loads(raw) for raw in orders), key=lambda o: o.get("placed_at") or "", reverse=True)
-        claim_rows = sorted((json.loads(raw) for raw in claims), key=lambda c: c.get("created_at") or "", reverse=True)
+        order_rows = sorted((json.loads(raw) for raw in orders), key=lambda o: (_when(o.get("placed_at")), o.get("order_number") or ""), reverse=True)
+        claim_rows = sorted((json.loads(raw) for raw in claims), key=lambda c: (_when(c.get("created_at")), c["claim_id"]), reverse=True)
         return CustomerContext(
             store_id=store_id,
             customer=CustomerView(**{**profile, "email": profile.get("email") or email}),
