@@ -1,17 +1,83 @@
-"""The Richpanel plugin's hook implementations: thin, each delegating to the module that owns it."""
+"""The Richpanel plugin's hook implementations: thin, each handing over to the module that owns it.
+
+- ``stores``/``api``/``commands``: per-store settings, the internal settings API, the CLI;
+- ``actors``/``tickets``/``client``/``pacing``: delivery of tickets and snoozes;
+- ``widget``: the in-widget panel and its provisioning;
+- ``sandbox``: a local stand-in for Richpanel's API.
+"""
 
 from __future__ import annotations
 
-from opcore_hooks import ClaimCreated, ClaimStatusChanged, Event, Host, hookimpl
+from typing import Any
+
+import click
+from pydantic_settings import BaseSettings
+
+from opcore_hooks import (
+    ClaimCreated,
+    ClaimStatusChanged,
+    CredentialsCheck,
+    CustomerContext,
+    Event,
+    Host,
+    Routes,
+    hookimpl,
+)
+
+from . import actors, api, commands, stores, widget
+from .settings import RichpanelSettings
 
 NAME = "richpanel"
 
 
 @hookimpl
+def register_settings() -> type[BaseSettings]:
+    return RichpanelSettings
+
+
+@hookimpl
+def register_actors(host: Host) -> None:
+    actors.declare(host)
+
+
+@hookimpl
+def register_routes(host: Host) -> Routes:
+    return Routes(
+        internal=api.internal_routes(host) + widget.internal_routes(host),
+        widget=widget.widget_routes(host),
+    )
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    commands.register(cli)
+
+
+@hookimpl
 def on_claim_created(host: Host, event: Event, claim: ClaimCreated) -> None:
-    return None
+    actors.claim_created(host, claim)
 
 
 @hookimpl
 def on_claim_status_changed(host: Host, event: Event, change: ClaimStatusChanged) -> None:
-    return None
+    actors.claim_status_changed(host, change)
+
+
+@hookimpl
+def widget_context(host: Host, store_id: str, context: CustomerContext) -> dict[str, Any] | None:
+    return widget.shape_context(host, store_id, context)
+
+
+@hookimpl
+def validate_credentials(host: Host, store_id: str) -> CredentialsCheck | None:
+    return stores.validate_credentials(host, store_id)
+
+
+@hookimpl
+def store_status(host: Host, store_id: str) -> dict[str, Any] | None:
+    return stores.status(host, store_id)
+
+
+@hookimpl
+def rotate_secrets(host: Host) -> int:
+    return stores.rotate(host) + widget.rotate(host)

@@ -264,10 +264,11 @@ class SandboxState:
                 value = value.replace(key, mask_key(key))
         return value
 
-    def _record(self, request: Request, status: int | None, key: str | None, body: Any) -> None:
+    def _record(self, request: Request, status: int | None, key: str | None, body: Any,
+                retry_after: str | None = None) -> None:
         self.requests.append({
             "method": request.method, "path": request.url.path, "status": status,
-            "dropped": status is None, "time": time.time(),
+            "dropped": status is None, "time": time.time(), "retry_after": retry_after,
             "account": mask_key(key) if key else None, "body": self._mask(body)})
 
 
@@ -302,8 +303,8 @@ def _api(handler: Handler) -> Callable[[Request], Any]:
                 "X-RateLimit-Limit": str(cfg.quota), "X-RateLimit-Remaining": str(left)}
             if wait is not None:  # limited answers do not count against the quota
                 state.rate_limited[account.api_key] += 1
-                state._record(request, cfg.limit_status, key, None)
                 headers["Retry-After"] = state._retry_after(wait)
+                state._record(request, cfg.limit_status, key, None, retry_after=headers["Retry-After"])
                 return JSONResponse({"error": "Too Many Requests"}, cfg.limit_status, headers)
             delay = rng.uniform(*cfg.latency_ms) / 1000
             fail, drop = rng.random() < cfg.error_rate, rng.random() < cfg.drop_rate

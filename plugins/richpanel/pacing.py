@@ -1,0 +1,135 @@
+"""Per-API-key pacing shared by every worker through Redis.
+
+Richpanel allows ``quota`` requests per ``window`` seconds per account and answers 429 (or
+492) past it. Instead of trying and backing off, each request *reserves* a slot: the earliest
+time at which the sliding window still has room. A backlog therefore turns into messages
+scheduled at the quota's pace, each fetched once when its slot comes (no thrashing of the
+delay queue), and a store's backlog never occupies the workers another store needs.
+
+A rate-limit answer blocks the key until its ``Retry-After`` has passed; reservations made
+before the block are re-checked when they run. ``X-RateLimit-Remaining`` lower than our own
+count means someone else spends the same key, and the difference is booked as phantom
+reservations so we slow down instead of meeting a 429.
+
+Keys in Redis are a fingerprint of the API key, never the key itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+# KEYS: reservations zset, blocked-until key, advertised-limit key.
+# ARGV: now, window, quota, member, margin.
+# Slots are handed out in non-decreasing order, which makes "the quota-th latest reservation
+# plus the window" the exact earliest time with room in the window.
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local quota = tonumber(ARGV[3])
+local advertised = tonumber(redis.call('GET', KEYS[3]) or '0')
+if advertised > 0 and advertised < quota then quota = advertised end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local slot = now
+local n = redis.call('ZCARD', KEYS[1])
+if n >= quota then
+  local r = redis.call('ZRANGE', KEYS[1], n - quota, n - quota, 'WITHSCORES')
+  slot = math.max(slot, tonumber(r[2]) + window + tonumber(ARGV[5]))
+end
+if n > 0 then
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  slot = math.max(slot, tonumber(last[2]))
+end
+local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
+slot = math.max(slot, blocked)
+redis.call('ZADD', KEYS[1], slot, ARGV[4])
+redis.call('PEXPIREAT', KEYS[1], math.ceil((slot + window) * 1000) + 1000)
+return string.format('%.6f', slot)
+"""
+
+# KEYS: blocked-until key. ARGV: until. Only ever moves the block later.
+_BLOCK = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local untilt = tonumber(ARGV[1])
+if untilt > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PXAT', math.ceil(untilt * 1000) + 1000)
+  return 1
+end
+return 0
+"""
+
+
+def fingerprint(api_key: str) -> str:
+    return hashlib.sha256(b"opcore-pacing:" + api_key.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Slot:
+    at: float
+
+    def wait(self, now: float | None = None) -> float:
+        return max(0.0, self.at - (time.time() if now is None else now))
+
+
+class Pacer:
+    def __init__(self, client: redis.Redis, prefix: str, *, quota: int, window: float) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.quota = quota
+        self.window = window
+        #: Headroom added to the window: a request runs a little after its slot, never before.
+        self.margin = min(1.0, 0.02 * window + 0.05)
+        self._reserve = client.register_script(_RESERVE)
+        self._block = client.register_script(_BLOCK)
+
+    def _keys(self, api_key: str) -> tuple[str, str, str]:
+        fp = fingerprint(api_key)
+        return f"{self.prefix}:{fp}:slots", f"{self.prefix}:{fp}:blocked", f"{self.prefix}:{fp}:limit"
+
+    def reserve(self, api_key: str, now: float | None = None) -> Slot:
+        """Book the earliest request slot for ``api_key``; the caller sends at ``slot.at``."""
+        now = time.time() if now is None else now
+        at = self._reserve(keys=list(self._keys(api_key)),
+                           args=[repr(now), repr(self.window), self.quota, uuid.uuid4().hex, repr(self.margin)])
+        return Slot(float(at))
+
+    def block(self, api_key: str, seconds: float, now: float | None = None) -> float:
+        """No request with ``api_key`` before ``now + seconds`` (a 429/492's Retry-After)."""
+        until = (time.time() if now is None else now) + max(0.0, seconds)
+        self._block(keys=[self._keys(api_key)[1]], args=[repr(until)])
+        return until
+
+    def blocked_until(self, api_key: str) -> float:
+        raw = self.redis.get(self._keys(api_key)[1])
+        return float(raw) if raw else 0.0
+
+    def quota_for(self, api_key: str) -> int:
+        """The configured quota, or Richpanel's advertised ``X-RateLimit-Limit`` when lower."""
+        advertised = self.redis.get(self._keys(api_key)[2])
+        return min(self.quota, int(advertised)) if advertised else self.quota
+
+    def observe(self, api_key: str, limit: int | None, remaining: int | None, now: float | None = None) -> int:
+        """Follow what Richpanel advertises: a lower limit, and requests we did not send.
+
+        A lower ``X-RateLimit-Limit`` than configured becomes this key's quota for an hour.
+        A ``X-RateLimit-Remaining`` lower than our own count means someone else spends the
+        key; the difference is booked as phantom reservations. Returns how many were booked.
+        Only ever tightens: a higher ``remaining`` than expected changes nothing.
+        """
+        slots, _, limit_key = self._keys(api_key)
+        if limit is not None and 0 < limit < self.quota:
+            self.redis.set(limit_key, limit, ex=3600)
+        if remaining is None:
+            return 0
+        now = time.time() if now is None else now
+        ours = int(self.redis.zcount(slots, now - self.window, now))
+        phantom = (self.quota_for(api_key) - ours) - remaining
+        if phantom <= 0:
+            return 0
+        phantom = min(phantom, self.quota)
+        self.redis.zadd(slots, {f"phantom:{uuid.uuid4().hex}": now for _ in range(phantom)})
+        return phantom
