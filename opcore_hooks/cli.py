@@ -30,6 +30,9 @@ def _fail(message: str) -> None:
 def cli(log_level: str) -> None:
     """Order Protection's integration host and its helpdesk plugins."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request URL at INFO; Richpanel lookups carry customer emails in the path.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @cli.command()

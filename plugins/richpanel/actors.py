@@ -213,7 +213,7 @@ class Delivery:
             self.reschedule(actor, args, delay=self.pacer.blocked_until(api_key) - time.time(), attempt=attempt,
                             stat="rate_limit_waits")
         except AuthError as exc:
-            stores.mark_invalid(self.host, store_id, str(exc))
+            stores.mark_invalid(self.host, store_id, str(exc), api_key=api_key)
             parking.park(self.host, store_id, actor.actor_name, args)
             self.count("parked")
             return None
@@ -265,7 +265,7 @@ class Delivery:
                 self.reschedule(actor, args, delay=self.pacer.blocked_until(api_key) - time.time(),
                                 attempt=attempt, stat="rate_limit_waits")
             except AuthError as exc:
-                stores.mark_invalid(self.host, store_id, str(exc))
+                stores.mark_invalid(self.host, store_id, str(exc), api_key=api_key)
                 parking.park(self.host, store_id, actor.actor_name, args)
                 return
             except ClientError as exc:

@@ -32,6 +32,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from opcore_hooks.serving import ThreadedServer
+
 from .client import KEY_HEADER, mask_key
 
 MAX_BODY = 1024 * 1024
@@ -422,56 +424,34 @@ class _HideDrops(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], DroppedConnection))
 
 
-def _serve(app: Starlette, host: str, port: int, **options: Any) -> uvicorn.Server:
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="off", **options))
-    logger = logging.getLogger("uvicorn.error")  # after Config, which may reconfigure logging
+def _hide_drops() -> None:
+    logger = logging.getLogger("uvicorn.error")  # after uvicorn's Config, which may reconfigure logging
     if not any(isinstance(f, _HideDrops) for f in logger.filters):
         logger.addFilter(_HideDrops())
-    return server
 
 
-@dataclass
-class SandboxServer:
+class SandboxServer(ThreadedServer):
     """A sandbox on a real socket in a background thread, for tests that need real transport."""
-
-    url: str
-    app: Starlette
-    _server: uvicorn.Server = field(repr=False)
-    _thread: threading.Thread = field(repr=False)
 
     @property
     def state(self) -> SandboxState:
         return self.app.state.sandbox
 
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> SandboxServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __repr__(self) -> str:
+        return f"SandboxServer(url={self.url!r})"
 
 
 def run_in_thread(config: SandboxConfig | None = None, host: str = "127.0.0.1",
                   port: int = 0) -> SandboxServer:
     """Returns once the socket listens; port 0 picks a free one (see `.url`)."""
-    app = create_sandbox(config)
-    server = _serve(app, host, port, log_config=None, access_log=False,
-                    timeout_graceful_shutdown=1)
-    thread = threading.Thread(target=server.run, name="richpanel-sandbox", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"Richpanel sandbox did not start on {host}:{port}")
-        time.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    return SandboxServer(f"http://{host}:{bound}", app, server, thread)
+    server = SandboxServer(create_sandbox(config), host=host, port=port, lifespan="off", name="richpanel-sandbox")
+    _hide_drops()
+    return server
 
 
 def main(port: int, host: str = "127.0.0.1", **config: Any) -> None:
     """Foreground server; add accounts with POST /_sandbox/accounts {"api_key": "rp_..."}."""
-    _serve(create_sandbox(SandboxConfig(**config)), host, port).run()
+    server = uvicorn.Server(uvicorn.Config(create_sandbox(SandboxConfig(**config)), host=host, port=port,
+                                           lifespan="off"))
+    _hide_drops()
+    server.run()

@@ -227,7 +227,7 @@ def retry_after_seconds(record: dict) -> float:
     return parsedate_to_datetime(value).timestamp() - record["time"]
 
 
-@pytest.mark.parametrize("status,form", [(429, "seconds"), (492, "date"), (492, "seconds"), (429, "date")])
+@pytest.mark.parametrize("status,form", [(429, "seconds"), (492, "date")])
 def test_rate_limits_are_honoured_across_every_request_of_the_key(rp, run_worker, status, form):
     host, worker, sandbox = rp
     # One thread, so that no request is already in flight when a rate limit arrives; the
@@ -236,9 +236,9 @@ def test_rate_limits_are_honoured_across_every_request_of_the_key(rp, run_worker
     worker = run_worker(host, threads=1)
     # Richpanel answers half the requests with a rate limit (Retry-After 1 s in either form).
     sandbox.state.update_config(rate_limit_rate=0.5, limit_status=status, retry_after_form=form, seed=7)
-    events = [claim_created(claim_id=f"claim-{i}") for i in range(5)]
+    events = [claim_created(claim_id=f"claim-{i}") for i in range(3)]
     post(host, *events)
-    settle(host, worker, lambda: len(tickets(sandbox)) == 5, timeout=40)
+    settle(host, worker, lambda: len(tickets(sandbox)) == 3, timeout=40)
     log = requests(sandbox)
     limited = [r for r in log if r["status"] == status]
     assert limited, "the test should have met the rate limit"
@@ -246,7 +246,7 @@ def test_rate_limits_are_honoured_across_every_request_of_the_key(rp, run_worker
         resume = hit["time"] + retry_after_seconds(hit) - 0.05
         early = [r for r in log if hit["time"] < r["time"] < resume]
         assert early == [], f"requests sent before Retry-After passed: {early}"
-    assert len(requests(sandbox, "POST", "/v1/tickets")) - len(limited) == 5
+    assert len(requests(sandbox, "POST", "/v1/tickets")) - len(limited) == 3
     assert actors.delivery_for(host).stats()["rate_limited"] == len(limited)
 
 

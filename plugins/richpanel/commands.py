@@ -1,0 +1,101 @@
+"""``opcore stores set richpanel`` and ``opcore stores teams``: the settings API for operators.
+
+Both go through ``stores.parse_update``/``stores.update``, the same path as the HTTP PUT, so
+the CLI can never save what the API would refuse. ``--api-key -`` reads the key from stdin
+so it stays out of shell history and process listings.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import click
+
+from opcore_hooks import Host
+from opcore_hooks.config import ConfigError
+from opcore_hooks.crypto import DecryptionError
+
+from . import stores
+from .stores import CHANNELS, SettingsError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"opcore: {message}", err=True)
+    sys.exit(2)
+
+
+@contextmanager
+def _host() -> Iterator[Host]:
+    """A host from the environment; every error a store admin can fix exits 2 with its message."""
+    host = None
+    try:
+        host = Host.from_env()
+        yield host
+    except SettingsError as exc:
+        _fail(exc.message)
+    except (ConfigError, DecryptionError) as exc:
+        _fail(str(exc))
+    finally:
+        if host is not None:
+            host.close()
+
+
+def _read_key(value: str | None) -> str | None:
+    if value != "-":
+        return value
+    key = sys.stdin.readline().strip()
+    if not key:
+        _fail("--api-key -: no key on standard input")
+    return key
+
+
+@click.command("richpanel")
+@click.argument("store_id")
+@click.option("--api-key", default=None, metavar="KEY|-",
+              help="Richpanel API key (rp_...); '-' reads it from standard input. Omit to keep the stored one.")
+@click.option("--team", default=None, help="Default team id (a UUID; see `opcore stores teams STORE`).")
+@click.option("--clear-team", is_flag=True, help="Remove the default team.")
+@click.option("--channel", default=None, help=f"Default ticket channel: {', '.join(CHANNELS)}.")
+@click.option("--enable/--disable", "enabled", default=None, help="Turn delivery to Richpanel on or off.")
+def set_richpanel(store_id: str, api_key: str | None, team: str | None, clear_team: bool,
+                  channel: str | None, enabled: bool | None) -> None:
+    """Connect STORE to Richpanel: the key is checked with Richpanel before anything is saved."""
+    if team is not None and clear_team:
+        _fail("--team and --clear-team cannot be used together")
+    data: dict[str, Any] = {}
+    if api_key is not None:
+        data["api_key"] = _read_key(api_key)
+    if team is not None or clear_team:
+        data["default_team_id"] = None if clear_team else team
+    if channel is not None:
+        data["default_channel"] = channel
+    if enabled is not None:
+        data["enabled"] = enabled
+    with _host() as host:
+        saved = stores.update(host, store_id, stores.parse_update(data))
+        click.echo(json.dumps({"richpanel": stores.view(saved)}, indent=2))
+
+
+@click.command("teams")
+@click.argument("store_id")
+def teams(store_id: str) -> None:
+    """The Richpanel teams of STORE's account (id and name), to pick a default team."""
+    with _host() as host:
+        found = stores.list_teams(host, store_id)
+        for team in found:
+            click.echo(f"{team.id}\t{team.name}")
+        if not found:
+            click.echo("this Richpanel account has no teams")
+
+
+def register(cli: click.Group) -> None:
+    """Add the commands to the host's ``stores set`` and ``stores`` groups."""
+    group = cli.commands["stores"]
+    assert isinstance(group, click.Group)
+    setter = group.commands["set"]
+    assert isinstance(setter, click.Group)
+    setter.add_command(set_richpanel)
+    group.add_command(teams)

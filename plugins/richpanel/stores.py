@@ -1,0 +1,524 @@
+"""Per-store Richpanel settings: what a brand pasted, checked against Richpanel, sealed in Redis.
+
+One Redis hash per store (``<ns>:richpanel:store:<store_id>``) plus an index set of store ids,
+so rotation never has to guess key patterns. The API key is stored only as a vault ciphertext
+bound to the store and field, and leaves this module only inside a ``SecretStr`` or masked.
+``update`` is the single validate-and-save path: the HTTP PUT and the CLI both call it, so a
+rule added here holds everywhere.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import re
+import threading
+import time
+import weakref
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import httpx
+import redis
+from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, ValidationError, field_validator
+
+from opcore_hooks import CredentialsCheck, Host
+from opcore_hooks.crypto import DecryptionError
+
+from . import parking
+from .client import AuthError, RateLimited, RichpanelClient, RichpanelError, Team
+from .pacing import Pacer
+from .settings import RichpanelSettings
+
+NAME = "richpanel"
+FIELD = "api_key"  # the vault binds the ciphertext to this field name
+CHANNELS = ("email", "message", "twilio-sms", "attentive", "aircall", "facebook_message",
+            "instagram", "facebook_feed_comment")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+#: Longest wait for the key's pacing slot before a check is refused as rate limited.
+MAX_PACING_WAIT = 5.0
+_KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # a header value: printable ASCII, no spaces
+
+log = logging.getLogger("opcore.richpanel.stores")
+
+
+class SettingsError(Exception):
+    """A change was refused or a call cannot be served; ``message`` is for a store admin.
+
+    ``status`` is the HTTP status the settings API answers with: 422 for anything the admin
+    can fix in the request, 404 for an unknown store, 502 when Richpanel itself failed.
+    """
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None, *,
+                 status: int = 422, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message, self.details, self.status, self.retry_after = message, details or [], status, retry_after
+
+
+class StoreConfig(BaseModel):
+    """A store's Richpanel settings and credential health, the key still secret."""
+
+    store_id: str
+    api_key: SecretStr | None = None
+    default_team_id: str | None = None
+    default_channel: str = "email"
+    enabled: bool = True
+    credentials: Literal["valid", "invalid", "unchecked"] = "unchecked"
+    checked_at: datetime | None = None
+    last_error: str | None = None
+
+
+class SettingsUpdate(BaseModel):
+    """The PUT body. Omitted fields (and a null api_key/enabled) keep their stored values;
+    a null default_team_id clears the team, a null default_channel goes back to email."""
+
+    model_config = ConfigDict(extra="forbid")
+    api_key: SecretStr | None = None
+    default_team_id: str | None = None
+    default_channel: str | None = None
+    enabled: StrictBool | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()  # pasted keys often carry a newline
+        if not key.startswith("rp_"):
+            raise ValueError("a Richpanel API key starts with 'rp_'; copy the whole key from Richpanel")
+        if len(key) > 512 or not _KEY_CHARS.match(key):
+            raise ValueError("the API key contains spaces or characters a Richpanel key cannot have")
+        return SecretStr(key)
+
+    @field_validator("default_channel")
+    @classmethod
+    def _known_channel(cls, value: str | None) -> str | None:
+        if value is not None and value not in CHANNELS:
+            raise ValueError(f"default_channel must be one of: {', '.join(CHANNELS)}")
+        return value
+
+
+def parse_update(data: Any) -> SettingsUpdate:
+    """The PUT body (or the CLI's options) as a SettingsUpdate, or a SettingsError naming fields.
+
+    Pydantic's own error text carries the input value, which may be a key: only the location
+    and message are kept.
+    """
+    if not isinstance(data, dict):
+        raise SettingsError("the body must be a JSON object such as {\"api_key\": \"rp_...\"}")
+    try:
+        return SettingsUpdate.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    details = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"].removeprefix("Value error, ")}
+               for e in errors if e["type"] != "extra_forbidden"]
+    if unknown:
+        details.insert(0, {"field": ", ".join(unknown), "message": "unknown field(s); allowed: "
+                           + ", ".join(SettingsUpdate.model_fields)})
+    raise SettingsError("; ".join(f"{d['field']}: {d['message']}" for d in details), details)
+
+
+def mask(key: str) -> str:
+    """``rp_…`` and the last 4 characters; short keys show no tail (it would be most of them)."""
+    return f"rp_…{key[-4:]}" if len(key) >= 12 else "rp_…"
+
+
+# -- the HTTP client -------------------------------------------------------------------------
+
+_http: weakref.WeakKeyDictionary[Host, httpx.Client] = weakref.WeakKeyDictionary()
+_http_lock = threading.Lock()
+
+
+def set_http(host: Host, client: httpx.Client) -> None:
+    """Use ``client`` (e.g. a TestClient around the sandbox) for every Richpanel call of ``host``."""
+    with _http_lock:
+        _http[host] = client
+
+
+def _settings(host: Host) -> RichpanelSettings:
+    found = host.plugin_settings(NAME)
+    return found if isinstance(found, RichpanelSettings) else RichpanelSettings()
+
+
+def client_for(host: Host, api_key: str) -> RichpanelClient:
+    """A client for one key over the host's shared connection pool; cheap enough per call."""
+    settings = _settings(host)
+    with _http_lock:
+        http = _http.get(host)
+        if http is None:
+            http = _http[host] = httpx.Client(
+                timeout=settings.timeout_seconds,
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+            weakref.finalize(host, http.close)  # the pool lives exactly as long as its host
+    return RichpanelClient(settings.api_url, api_key, http=http, timeout=settings.timeout_seconds)
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+def _key(host: Host, store_id: str) -> str:
+    return host.key(NAME, "store", store_id)
+
+
+def _index(host: Host) -> str:
+    return host.key(NAME, "stores")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _from_hash(host: Host, store_id: str, fields: dict[str, str]) -> StoreConfig:
+    token = fields.get(FIELD)
+    return StoreConfig(
+        store_id=store_id,
+        api_key=SecretStr(host.vault.decrypt(store_id, FIELD, token)) if token else None,
+        default_team_id=fields.get("default_team_id") or None,
+        default_channel=fields.get("default_channel") or "email",
+        enabled=fields.get("enabled") == "1",
+        credentials=fields.get("credentials", "unchecked"),
+        checked_at=fields.get("checked_at") or None,
+        last_error=fields.get("last_error") or None,
+    )
+
+
+def _to_hash(host: Host, config: StoreConfig) -> dict[str, str]:
+    fields = {"default_channel": config.default_channel, "enabled": "1" if config.enabled else "0",
+              "credentials": config.credentials, "updated_at": _now().isoformat()}
+    if config.api_key is not None:
+        fields[FIELD] = host.vault.encrypt(config.store_id, FIELD, config.api_key.get_secret_value())
+    if config.default_team_id:
+        fields["default_team_id"] = config.default_team_id
+    if config.checked_at:
+        fields["checked_at"] = config.checked_at.isoformat()
+    if config.last_error:
+        fields["last_error"] = config.last_error
+    return fields
+
+
+def load(host: Host, store_id: str) -> StoreConfig | None:
+    """The store's settings, key decrypted; None if never configured.
+
+    Raises DecryptionError (its message says what to do) when the stored key cannot be
+    opened: tampered, copied from another store, or sealed by a master key no longer set.
+    """
+    fields = _decode(host.redis.hgetall(_key(host, store_id)))
+    return _from_hash(host, store_id, fields) if fields else None
+
+
+def _set_health(host: Host, store_id: str, fields: dict[str, str], drop_error: bool) -> bool:
+    """Write health fields of an existing record only (never creates a half record)."""
+    key = _key(host, store_id)
+    if not host.redis.exists(key):
+        return False
+    with host.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=fields)
+        if drop_error:
+            pipe.hdel(key, "last_error")
+        pipe.execute()
+    return True
+
+
+def mark_invalid(host: Host, store_id: str, error: str, *, api_key: str | None = None) -> None:
+    """Record that Richpanel rejected the store's key (delivery calls this on a 401).
+
+    Pass the ``api_key`` that was rejected when known: if the store has a different key by
+    now (an admin just pasted a new one), the stale rejection is ignored.
+    """
+    if api_key is not None:
+        try:
+            current = load(host, store_id)
+        except DecryptionError:
+            current = None
+        stored = current.api_key.get_secret_value() if current and current.api_key else ""
+        if not hmac.compare_digest(stored.encode(), api_key.encode()):
+            return
+    if _set_health(host, store_id, {"credentials": "invalid", "checked_at": _now().isoformat(),
+                                    "last_error": error}, drop_error=False):
+        log.warning("richpanel credentials of store %s marked invalid: %s", store_id, error)
+
+
+def mark_valid(host: Host, store_id: str) -> None:
+    _set_health(host, store_id, {"credentials": "valid", "checked_at": _now().isoformat()},
+                drop_error=True)
+
+
+# -- validation against Richpanel --------------------------------------------------------------
+
+class KeyRejected(SettingsError):
+    """Richpanel answered 401: the key itself is wrong or revoked."""
+
+
+class RichpanelUnavailable(SettingsError):
+    """Richpanel did not judge the key (rate limit, outage, odd answer): nothing is known about it."""
+
+
+def _limited(which: str, seconds: float) -> RichpanelUnavailable:
+    wait = max(1, math.ceil(seconds))
+    return RichpanelUnavailable(f"Richpanel is rate limiting {which}, try again in {wait} second{'s' * (wait != 1)}",
+                                [{"field": FIELD, "message": "rate limited", "retry_after": wait}],
+                                retry_after=wait)
+
+
+def _teams(host: Host, api_key: str, which: str) -> list[Team]:
+    """/v1/teams with ``api_key``; Richpanel's failures become errors worded for a store admin.
+
+    The check is one more request with the store's key, so it obeys the same per-key pacing
+    as delivery: never during a Retry-After block, counted in the key's window, and a rate
+    limit it meets blocks delivery too. A slot more than a few seconds away is refused
+    rather than waited for, so an admin is not left hanging.
+    """
+    settings = _settings(host)
+    pacer = Pacer(host.redis, host.key(NAME, "pace"), quota=settings.quota, window=settings.window_seconds)
+    wait = pacer.blocked_until(api_key) - time.time()
+    if wait <= 0:
+        wait = pacer.reserve(api_key).wait()
+        if wait <= MAX_PACING_WAIT:
+            time.sleep(wait)
+            wait = 0
+    if wait > 0:
+        raise _limited(which, wait)
+    client = client_for(host, api_key)
+    try:
+        return client.list_teams()
+    except AuthError:
+        raise KeyRejected(f"Richpanel rejected {which} (401)",
+                          [{"field": FIELD, "message": "rejected by Richpanel"}]) from None
+    except RateLimited as exc:
+        pacer.block(api_key, exc.retry_after)
+        raise _limited(which, exc.retry_after) from None
+    except RichpanelError as exc:  # the client's messages never carry the key
+        raise RichpanelUnavailable(f"Richpanel could not check {which} ({exc}); try again later",
+                                   [{"field": FIELD, "message": str(exc)}]) from None
+    finally:
+        if client.last_rate_limit is not None:
+            pacer.observe(api_key, client.last_rate_limit.limit, client.last_rate_limit.remaining)
+
+
+def _check_team(team_id: str, teams: list[Team]) -> str:
+    """The team as Richpanel spells its id; a name or unknown id lists the account's teams."""
+    listing = [{"id": t.id, "name": t.name} for t in teams]
+    names = ", ".join(f"{t.name} ({t.id})" for t in teams) or "none"
+    if not _UUID.match(team_id):
+        problem = f"default_team_id must be a team's id (a UUID), not its name. This account's teams: {names}"
+    else:
+        for team in teams:
+            if team.id.lower() == team_id.lower():
+                return team.id
+        problem = f"default_team_id {team_id} is not a team of this Richpanel account. Its teams: {names}"
+    raise SettingsError(problem, [{"field": "default_team_id", "message": problem, "teams": listing}])
+
+
+def _check_store_id(store_id: str) -> None:
+    if not (0 < len(store_id) <= 200 and store_id.isprintable() and not any(c.isspace() for c in store_id)):
+        raise SettingsError("the store id must be 1 to 200 printable characters without spaces",
+                            [{"field": "store_id", "message": "invalid store id"}])
+
+
+def update(host: Host, store_id: str, changes: SettingsUpdate) -> StoreConfig:
+    """Validate ``changes`` merged over the stored settings and save them, or raise SettingsError.
+
+    Richpanel is asked (one GET /v1/teams) whenever a key or team is given or the result is
+    enabled, so an enabled store always holds a key that worked when it was saved; a change
+    that only disables or clears needs no network. The write is one MULTI, guarded by WATCH
+    so a concurrent change is never half-merged; nothing is written on any failure.
+    """
+    _check_store_id(store_id)
+    key = _key(host, store_id)
+    for _ in range(3):
+        with host.redis.pipeline(transaction=True) as pipe:
+            pipe.watch(key)
+            saved, checked = _merge(host, store_id, _decode(pipe.hgetall(key)), changes)
+            pipe.multi()
+            pipe.delete(key)
+            pipe.hset(key, mapping=_to_hash(host, saved))
+            pipe.sadd(_index(host), store_id)
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                continue
+        assert saved.api_key is not None
+        log.info("richpanel settings of store %s saved (key %s, enabled=%s)", store_id,
+                 mask(saved.api_key.get_secret_value()), saved.enabled)
+        if checked and saved.enabled:
+            _release(host, store_id)
+        return saved
+    raise SettingsError("the settings changed while they were being saved; send the change again")
+
+
+def _merge(host: Host, store_id: str, fields: dict[str, str], changes: SettingsUpdate) -> tuple[StoreConfig, bool]:
+    """The settings to save and whether Richpanel vouched for them just now."""
+    given = changes.model_fields_set
+    new_key = changes.api_key if "api_key" in given else None
+    if fields:
+        try:
+            current = _from_hash(host, store_id, fields)
+        except DecryptionError as exc:
+            if new_key is None:
+                raise SettingsError(f"{exc}: send api_key with this change",
+                                    [{"field": FIELD, "message": "stored key unreadable"}]) from None
+            current = _from_hash(host, store_id, {k: v for k, v in fields.items() if k != FIELD})
+    else:
+        current = StoreConfig(store_id=store_id)
+    merged = current.model_copy(update={
+        "api_key": new_key or current.api_key,
+        "default_team_id": changes.default_team_id if "default_team_id" in given else current.default_team_id,
+        "default_channel": (changes.default_channel or "email") if "default_channel" in given
+        else current.default_channel,
+        "enabled": current.enabled if changes.enabled is None else changes.enabled,
+    })
+    if merged.api_key is None:
+        raise SettingsError("api_key is required: no Richpanel API key is stored for this store",
+                            [{"field": FIELD, "message": "required"}])
+    team_given = "default_team_id" in given and changes.default_team_id is not None
+    if not (new_key is not None or team_given or merged.enabled):
+        return merged, False
+    which = "this API key" if new_key is not None else "the stored API key"
+    try:
+        teams = _teams(host, merged.api_key.get_secret_value(), which)
+    except KeyRejected as exc:
+        fix = ("check that you copied the whole key and that it is still active" if new_key is not None
+               else "paste a new api_key")
+        raise SettingsError(f"{exc.message}: {fix}. Nothing was saved.", exc.details) from None
+    except RichpanelUnavailable as exc:
+        raise SettingsError(f"{exc.message}. Nothing was saved.", exc.details,
+                            retry_after=exc.retry_after) from None
+    if merged.default_team_id is not None:
+        merged.default_team_id = _check_team(merged.default_team_id, teams)
+    merged.credentials, merged.checked_at, merged.last_error = "valid", _now(), None
+    return merged, True
+
+
+def _release(host: Host, store_id: str) -> None:
+    """Work parked on a rejected key runs again; a failure here must not undo a good save."""
+    try:
+        released = parking.release_parked(host, store_id)
+    except Exception as exc:  # noqa: BLE001 - the save stands; the work stays parked for next time
+        log.error("richpanel: parked work of store %s not released: %s", store_id, type(exc).__name__)
+        return
+    if released:
+        log.info("richpanel: released %d parked message(s) of store %s", released, store_id)
+
+
+# -- the rest of the public API ----------------------------------------------------------------
+
+def disconnect(host: Host, store_id: str) -> bool:
+    """Disable the store and forget its key; the record stays so GET shows it disconnected."""
+    key = _key(host, store_id)
+    if not host.redis.exists(key):
+        return False
+    with host.redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(key, FIELD, "checked_at", "last_error")
+        pipe.hset(key, mapping={"enabled": "0", "credentials": "unchecked", "updated_at": _now().isoformat()})
+        pipe.execute()
+    log.info("richpanel store %s disconnected: key forgotten", store_id)
+    return True
+
+
+def validate_credentials(host: Host, store_id: str) -> CredentialsCheck | None:
+    """Ask Richpanel about the stored key now and record the answer in the store's health.
+
+    Only an answer about the key changes the health: a rate limit or an outage says nothing
+    about it, so the stored state is returned with the reason the check could not be made.
+    A key found valid releases the store's parked work.
+    """
+    try:
+        config = load(host, store_id)
+    except DecryptionError as exc:
+        mark_invalid(host, store_id, str(exc))
+        return CredentialsCheck(state="invalid", checked_at=_now(), error=str(exc))
+    if config is None or config.api_key is None:
+        return None
+    try:
+        _teams(host, config.api_key.get_secret_value(), "the stored API key")
+    except KeyRejected as exc:
+        error = f"{exc.message}: paste a new api_key"
+        mark_invalid(host, store_id, error)
+        return CredentialsCheck(state="invalid", checked_at=_now(), error=error)
+    except RichpanelUnavailable as exc:
+        return CredentialsCheck(state=config.credentials, checked_at=config.checked_at, error=exc.message)
+    mark_valid(host, store_id)
+    if config.enabled:
+        _release(host, store_id)
+    return CredentialsCheck(state="valid", checked_at=_now())
+
+
+def list_teams(host: Host, store_id: str) -> list[Team]:
+    """The account's teams with the stored key; a 401 is recorded in the store's health.
+
+    Raises SettingsError: 404 unknown store, 422 no key or key rejected, 502 Richpanel failed.
+    """
+    config = load(host, store_id)
+    if config is None:
+        raise SettingsError(f"Richpanel is not configured for store {store_id!r}", status=404)
+    if config.api_key is None:
+        raise SettingsError("no Richpanel API key is stored for this store; save an api_key first",
+                            [{"field": FIELD, "message": "required"}])
+    try:
+        teams = _teams(host, config.api_key.get_secret_value(), "the stored API key")
+    except KeyRejected as exc:
+        exc.message = f"{exc.message}: paste a new api_key"
+        mark_invalid(host, store_id, exc.message)
+        raise
+    except RichpanelUnavailable as exc:
+        exc.status = 502
+        raise
+    mark_valid(host, store_id)
+    return teams
+
+
+def view(config: StoreConfig) -> dict[str, Any]:
+    """The JSON-able settings an admin may see: key masked, health flat and grouped."""
+    health = {"credentials": config.credentials,
+              "checked_at": config.checked_at.isoformat() if config.checked_at else None,
+              "last_error": config.last_error}
+    return {"store_id": config.store_id,
+            "api_key": mask(config.api_key.get_secret_value()) if config.api_key else None,
+            "connected": config.api_key is not None, "default_team_id": config.default_team_id,
+            "default_channel": config.default_channel, "enabled": config.enabled,
+            **health, "health": health}
+
+
+def status(host: Host, store_id: str) -> dict[str, Any] | None:
+    """For ``opcore stores show``: the masked view, or the decryption problem in its place."""
+    try:
+        config = load(host, store_id)
+    except DecryptionError as exc:
+        return {"store_id": store_id, "api_key": None, "credentials": "invalid", "last_error": str(exc)}
+    return view(config) if config else None
+
+
+def rotate(host: Host) -> int:
+    """Re-seal every stored key under the newest master key; returns how many changed.
+
+    Each store is re-sealed under WATCH so a key saved meanwhile is never overwritten by the
+    old one; a key that cannot be opened is reported and left as it is.
+    """
+    count = 0
+    for raw_id in sorted(host.redis.smembers(_index(host))):
+        store_id, key = raw_id.decode(), _key(host, raw_id.decode())
+        for _ in range(3):
+            with host.redis.pipeline(transaction=True) as pipe:
+                pipe.watch(key)
+                token = pipe.hget(key, FIELD)
+                if token is None or host.vault.is_current(token.decode()):
+                    break
+                try:
+                    fresh = host.vault.reseal(store_id, FIELD, token.decode())
+                except DecryptionError as exc:
+                    log.error("richpanel: cannot re-encrypt the key of store %s: %s", store_id, exc)
+                    break
+                pipe.multi()
+                pipe.hset(key, FIELD, fresh)
+                try:
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+                count += 1
+                break
+    return count

@@ -1,0 +1,108 @@
+"""`opcore stores set richpanel`, `stores teams` and `stores show` as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from opcore_hooks import Host
+from opcore_hooks.cli import cli
+from plugins.richpanel import commands, plugin, stores
+from plugins.richpanel.sandbox import SandboxConfig, create_sandbox
+
+KEY = "rp_live_Sup3rSecretKeyValue_a1b2"
+TEAM = "0b5e6a3c-7d1f-4c2a-9e8b-1f2d3c4b5a69"
+
+
+@pytest.fixture
+def host(make_host, monkeypatch):
+    """Every `Host.from_env()` of the commands gets this test's host, Richpanel being the sandbox."""
+    app = create_sandbox(SandboxConfig(quota=None))
+    app.state.sandbox.add_account(KEY, teams=[{"id": TEAM, "name": "Claims"}, {"name": "Support"}])
+    monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", "http://testserver")
+    host = make_host({"richpanel": plugin})
+    with TestClient(app) as http:
+        stores.set_http(host, http)
+        monkeypatch.setattr(Host, "from_env", classmethod(lambda cls, **kw: host))
+        yield host
+
+
+@pytest.fixture
+def run(host):
+    commands.register(cli)
+
+    def invoke(*args: str, input: str | None = None):
+        result = CliRunner().invoke(cli, list(args), input=input)
+        assert KEY not in result.output and KEY not in result.stderr
+        return result
+    return invoke
+
+
+def test_set_checks_saves_and_prints_the_masked_settings(run, host):
+    result = run("stores", "set", "richpanel", "store_123", "--api-key", KEY, "--team", TEAM,
+                 "--channel", "message")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)["richpanel"]
+    assert (shown["api_key"], shown["default_team_id"], shown["default_channel"]) == ("rp_…a1b2", TEAM, "message")
+    assert stores.load(host, "store_123").api_key.get_secret_value() == KEY
+
+
+def test_the_key_can_come_from_stdin(run, host):
+    result = run("stores", "set", "richpanel", "store_123", "--api-key", "-", input=KEY + "\n")
+    assert result.exit_code == 0, result.stderr
+    assert stores.load(host, "store_123").api_key.get_secret_value() == KEY
+    assert run("stores", "set", "richpanel", "s2", "--api-key", "-", input="").exit_code == 2
+
+
+def test_set_merges_and_toggles(run, host):
+    run("stores", "set", "richpanel", "store_123", "--api-key", KEY, "--team", TEAM)
+    assert run("stores", "set", "richpanel", "store_123", "--disable").exit_code == 0
+    config = stores.load(host, "store_123")
+    assert (config.enabled, config.default_team_id, config.api_key.get_secret_value()) == (False, TEAM, KEY)
+    assert run("stores", "set", "richpanel", "store_123", "--enable", "--clear-team").exit_code == 0
+    config = stores.load(host, "store_123")
+    assert (config.enabled, config.default_team_id) == (True, None)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--api-key", "rp_live_NotAnAccountKey_0000"], "Richpanel rejected this API key (401)"),
+    (["--api-key", KEY, "--team", "Claims"], f"Claims ({TEAM})"),
+    (["--api-key", KEY, "--channel", "sms"], "email, message, twilio-sms"),
+    (["--api-key", KEY[3:]], "starts with 'rp_'"),
+    (["--channel", "email"], "api_key is required"),
+    (["--api-key", KEY, "--team", TEAM, "--clear-team"], "cannot be used together"),
+])
+def test_refusals_exit_2_with_the_message_on_stderr(run, host, args, expected):
+    result = run("stores", "set", "richpanel", "store_123", *args)
+    assert result.exit_code == 2
+    assert expected in result.stderr
+    assert KEY[3:] not in result.stderr
+    assert stores.load(host, "store_123") is None
+
+
+def test_teams_lists_ids_and_names(run):
+    assert run("stores", "teams", "store_123").exit_code == 2
+    run("stores", "set", "richpanel", "store_123", "--api-key", KEY)
+    result = run("stores", "teams", "store_123")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0] == f"{TEAM}\tClaims"
+
+
+def test_show_prints_the_masked_settings_through_the_hook(run):
+    run("stores", "set", "richpanel", "store_123", "--api-key", KEY)
+    result = run("stores", "show", "store_123")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)["richpanel"]
+    assert shown["api_key"] == "rp_…a1b2" and shown["credentials"] == "valid"
+    assert run("stores", "show", "unknown").exit_code == 2
+
+
+def test_cli_and_http_share_one_validate_and_save_path(run, monkeypatch):
+    calls = []
+    real = stores.update
+    monkeypatch.setattr(stores, "update", lambda *a: calls.append(a[1]) or real(*a))
+    run("stores", "set", "richpanel", "store_123", "--api-key", KEY)
+    assert calls == ["store_123"]
