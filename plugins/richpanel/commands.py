@@ -91,8 +91,34 @@ def teams(store_id: str) -> None:
             click.echo("this Richpanel account has no teams")
 
 
+@click.command("richpanel-sandbox")
+@click.option("--port", default=8700, show_default=True, type=int)
+@click.option("--host", "bind", default="127.0.0.1", show_default=True, help="Keep it on loopback: no auth.")
+@click.option("--quota", default=50, show_default=True, type=int, help="Requests per window per key.")
+@click.option("--window", default=30.0, show_default=True, type=float, help="Quota window, seconds.")
+@click.option("--limit-status", default=429, show_default=True, type=click.Choice(["429", "492"]))
+@click.option("--retry-after-form", default="seconds", show_default=True,
+              type=click.Choice(["seconds", "date", "mixed"]))
+@click.option("--error-rate", default=0.0, show_default=True, help="Fraction of requests answered 500.")
+@click.option("--drop-rate", default=0.0, show_default=True, help="Fraction processed, then connection dropped.")
+@click.option("--rate-limit-rate", default=0.0, show_default=True, help="Fraction rate-limited at random.")
+@click.option("--latency-ms", default=(0, 0), nargs=2, type=int, show_default=True, help="Uniform MIN MAX.")
+@click.option("--account", "accounts", multiple=True, metavar="rp_KEY", help="Register a key at start.")
+def sandbox_command(port: int, bind: str, quota: int, window: float, limit_status: str, retry_after_form: str,
+                    error_rate: float, drop_rate: float, rate_limit_rate: float, latency_ms: tuple[int, int],
+                    accounts: tuple[str, ...]) -> None:
+    """A local Richpanel stand-in; add keys with --account or POST /_sandbox/accounts."""
+    from .sandbox import main
+
+    click.echo(f"Richpanel sandbox on http://{bind}:{port} ({quota} requests per {window:g} s per key)")
+    main(port, bind, quota=quota, window=window, limit_status=int(limit_status), retry_after_form=retry_after_form,
+         error_rate=error_rate, drop_rate=drop_rate, rate_limit_rate=rate_limit_rate, latency_ms=latency_ms,
+         accounts=list(accounts))
+
+
 def register(cli: click.Group) -> None:
-    """Add the commands to the host's ``stores set`` and ``stores`` groups."""
+    """Add the commands to the host's ``stores set`` and ``stores`` groups, and the sandbox."""
+    cli.add_command(sandbox_command)
     group = cli.commands["stores"]
     assert isinstance(group, click.Group)
     setter = group.commands["set"]

@@ -449,9 +449,11 @@ def run_in_thread(config: SandboxConfig | None = None, host: str = "127.0.0.1",
     return server
 
 
-def main(port: int, host: str = "127.0.0.1", **config: Any) -> None:
+def main(port: int, host: str = "127.0.0.1", accounts: list[str] | None = None, **config: Any) -> None:
     """Foreground server; add accounts with POST /_sandbox/accounts {"api_key": "rp_..."}."""
-    server = uvicorn.Server(uvicorn.Config(create_sandbox(SandboxConfig(**config)), host=host, port=port,
-                                           lifespan="off"))
+    app = create_sandbox(SandboxConfig(**config))
+    for key in accounts or []:
+        app.state.sandbox.add_account(key)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="off"))
     _hide_drops()
     server.run()
