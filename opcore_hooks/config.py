@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 256 * 1024
     #: How long accepted event ids are remembered (the contract says at least 7 days).
     event_ttl_seconds: int = 8 * 24 * 3600
+    #: After this long without a heartbeat, a worker counts as dead and the messages it held
+    #: are delivered again (Dramatiq's default is 60 s).
+    heartbeat_timeout_ms: int = 60_000
 
     @field_validator("dashboard_url")
     @classmethod

@@ -99,11 +99,11 @@ class Dispatcher:
         options = message.get("options", {})
         reason = (options.get("traceback") or "retries exhausted").strip().splitlines()[-1]
         args = message.get("args", [])
-        body = next((a.get("body") for a in args if isinstance(a, dict) and "body" in a), {}) or {}
+        store_id, claim_id = _ids(args)
         self.host.dead_letters.add(
             message["actor_name"], list(args), kwargs=message.get("kwargs") or {},
             reason=f"retries exhausted after {info.get('retries')}: {reason}",
-            store_id=body.get("store_id"), claim_id=body.get("claim_id"),
+            store_id=store_id, claim_id=claim_id,
         )
 
     def accept(self, event: Event, seen_key: str, ttl_seconds: int) -> bool:
@@ -126,3 +126,14 @@ class Dispatcher:
         return bool(accepted)
 
 
+
+
+def _ids(args: list[Any]) -> tuple[str | None, str | None]:
+    """The store and claim a message is about: an event, a claim body, or (store, claim) ids."""
+    for arg in args:
+        if isinstance(arg, dict):
+            body = arg.get("body", arg)
+            if isinstance(body, dict) and ("claim_id" in body or "store_id" in body):
+                return body.get("store_id"), body.get("claim_id")
+    strings = [a for a in args if isinstance(a, str)]
+    return (strings[0] if strings else None), (strings[1] if len(strings) > 1 else None)

@@ -38,7 +38,9 @@ class Host:
     ) -> None:
         self.settings = settings or Settings()
         self.redis: redis.Redis = redis_client or connect(self.settings.redis_url)
-        self.broker = RedisBroker(client=self.redis, namespace=self.key("dramatiq"))
+        self.broker = RedisBroker(
+            client=self.redis, namespace=self.key("dramatiq"), heartbeat_timeout=self.settings.heartbeat_timeout_ms
+        )
         self.loaded: LoadedPlugins = load_plugins(
             plugins, allowlist=self.settings.plugin_allowlist, strict=self.settings.strict_plugins
         )
