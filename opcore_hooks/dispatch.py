@@ -90,7 +90,7 @@ class Dispatcher:
         if event.topic == "claim.created":
             rm.record_claim(event.body, event.created_at)
         elif event.topic == "order.upserted":
-            rm.record_order(event.body)
+            rm.record_order(event.body, event.created_at)
         else:
             rm.record_state(event.body, event.created_at)
 

@@ -3,7 +3,10 @@
 Fed by every claim and order event whether or not any helpdesk is configured for the store
 yet, so a store that connects later sees its history. Writes are idempotent (a redelivered
 event rewrites the same values) and state changes are ordered by the event's time, so a late
-redelivery of an older state never overwrites a newer one.
+redelivery of an older state never overwrites a newer one. Every write that changes what a
+customer's context shows bumps that customer's version (``version_key``), and only such a
+write: a redelivery leaves the version alone, so views derived from a context can be cached
+against it.
 
 Times are kept in UTC: event times as fixed-width ``...T..:..:...ffffffZ`` stamps, so Lua can
 order them as strings, and views sorted by the parsed datetime, so ``+02:00`` and ``Z`` offsets
@@ -25,6 +28,15 @@ from .events import ClaimCreated, ClaimStatusChanged, Customer, Order, OrderUpse
 #: How many orders and claims are kept per customer; the oldest are dropped beyond it.
 CAP = 100
 
+#: Flat tables (a claim view) equal field by field; cjson's key order is not stable.
+_SAME = """
+local function same(a, b)
+  for k, v in pairs(a) do if b[k] ~= v then return false end end
+  for k, v in pairs(b) do if a[k] ~= v then return false end end
+  return true
+end
+"""
+
 # Apply a state change only when it is not older than the one applied last. Returns 1 when
 # applied, 0 when stale, -1 when the claim is not known yet (the change is parked for it).
 _SET_STATE = """
@@ -40,9 +52,11 @@ if not raw then
 end
 local claim = cjson.decode(raw)
 if (claim['state_at'] or '') > ARGV[3] then return 0 end
+if claim['claim_state'] == ARGV[2] and claim['state_at'] == ARGV[3] then return 1 end
 claim['claim_state'] = ARGV[2]
 claim['state_at'] = ARGV[3]
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(claim))
+redis.call('INCR', KEYS[3])
 return 1
 """
 
@@ -50,7 +64,7 @@ return 1
 # Record a created claim in one step, so a state change arriving meanwhile is never lost:
 # keep a state already recorded for it, else take a parked (earlier-arrived) state when it is
 # not older than the creation, then index the claim and drop the parked change.
-_SET_CLAIM = """
+_SET_CLAIM = _SAME + """
 local view = cjson.decode(ARGV[2])
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if raw then
@@ -68,19 +82,55 @@ else
     end
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(view))
 redis.call('SET', KEYS[2], ARGV[4])
 redis.call('DEL', KEYS[3])
+if raw and same(cjson.decode(raw), view) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(view))
+redis.call('INCR', KEYS[4])
 return 1
 """
 
-# Write an order snapshot unless one from a later event is already recorded.
+# Write an order snapshot unless one from a later event is already recorded. Snapshots are
+# compared as the bytes Python wrote, which json.dumps keeps in a stable key order.
 _SET_ORDER = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if raw and (cjson.decode(raw)['seen_at'] or '') > ARGV[3] then return 0 end
+if raw and (raw == ARGV[2] or (cjson.decode(raw)['seen_at'] or '') > ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
 return 1
 """
+
+# Update the profile fields that differ; bump the version only if one did.
+_SET_PROFILE = """
+local changed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    changed = 1
+  end
+end
+if changed == 1 then redis.call('INCR', KEYS[2]) end
+return changed
+"""
+
+
+# Read a customer as one JSON document built inside Redis: a single round trip and a single
+# parse by pydantic-core, instead of a hundred small values through the Python RESP parser.
+_READ = """
+local profile = redis.call('HGETALL', KEYS[1])
+local fields = {}
+for i = 1, #profile, 2 do fields[profile[i]] = profile[i + 1] end
+if not fields['email'] or fields['email'] == '' then fields['email'] = ARGV[1] end
+local orders = redis.call('HVALS', KEYS[2])
+local claims = redis.call('HVALS', KEYS[3])
+return '{"store_id":' .. cjson.encode(ARGV[2]) .. ',"customer":' .. cjson.encode(fields) ..
+  ',"orders":[' .. table.concat(orders, ',') .. '],"claims":[' .. table.concat(claims, ',') .. ']}'
+"""
+
+
+class ItemView(BaseModel):
+    item_name: str | None = None
+    quantity: int = 1
 
 
 class OrderView(BaseModel):
@@ -88,7 +138,7 @@ class OrderView(BaseModel):
     placed_at: datetime | None = None
     currency: str | None = None
     total: str | None = None
-    items: list[dict[str, Any]] = []
+    items: list[ItemView] = []
 
 
 class ClaimView(BaseModel):
@@ -109,7 +159,10 @@ class CustomerView(BaseModel):
 
 
 class CustomerContext(BaseModel):
-    """What the host knows of one customer in one store, newest first."""
+    """What the host knows of one customer in one store, newest first.
+
+    Field for field the widget JSON of CONTRACT.md, so a plugin can hand it out as it is.
+    """
 
     store_id: str
     customer: CustomerView
@@ -153,9 +206,19 @@ class ReadModel:
         self._set_state = client.register_script(_SET_STATE)
         self._set_claim = client.register_script(_SET_CLAIM)
         self._set_order = client.register_script(_SET_ORDER)
+        self._set_profile = client.register_script(_SET_PROFILE)
+        self._read = client.register_script(_READ)
 
     def _k(self, store_id: str, *parts: str) -> str:
         return ":".join((self.prefix, store_id, *parts))
+
+    def version_key(self, store_id: str, email: str) -> str:
+        """The counter every change to this customer's context bumps (absent until the first).
+
+        Public so a reader can fetch it in the same round trip as its own keys and cache what
+        it derives from the context against it.
+        """
+        return self._k(store_id, email.strip().lower(), "v")
 
     # -- writes --------------------------------------------------------------------------
     def record_claim(self, claim: ClaimCreated, event_time: datetime | None) -> None:
@@ -176,20 +239,22 @@ class ReadModel:
                 claims_key,
                 self._k(claim.store_id, "claim", claim.claim_id),
                 self._k(claim.store_id, "parked", claim.claim_id),
+                self.version_key(claim.store_id, email),
             ],
             args=[claim.claim_id, view.model_dump_json(), _iso(event_time), email],
         )
         self._record_customer(claim.store_id, claim.customer)
         if claim.order is not None:
             self._record_order(claim.store_id, email, claim.order, event_time)
-        self._trim(claims_key, "created_at")
+        self._trim(claims_key, "created_at", self.version_key(claim.store_id, email))
 
     def record_state(self, change: ClaimStatusChanged, event_time: datetime | None) -> bool:
         """Apply a state change; False when it is older than what is recorded."""
         email = self.redis.get(self._k(change.store_id, "claim", change.claim_id))
         claims_key = self._k(change.store_id, email.decode(), "claims") if email else self._k("-", "-")
+        version = self.version_key(change.store_id, email.decode()) if email else self._k("-", "-", "v")
         applied = self._set_state(
-            keys=[claims_key, self._k(change.store_id, "parked", change.claim_id)],
+            keys=[claims_key, self._k(change.store_id, "parked", change.claim_id), version],
             args=[change.claim_id, change.claim_state.value, _iso(event_time)],
         )
         return applied != 0
@@ -202,7 +267,9 @@ class ReadModel:
     def _record_customer(self, store_id: str, customer: Customer) -> None:
         fields = {k: v for k, v in customer.model_dump(include={"first_name", "last_name", "phone"}).items() if v}
         fields["email"] = customer.email or ""
-        self.redis.hset(self._k(store_id, customer.email.lower(), "profile"), mapping=fields)
+        email = customer.email.lower()
+        self._set_profile(keys=[self._k(store_id, email, "profile"), self.version_key(store_id, email)],
+                          args=[part for pair in fields.items() for part in pair])
 
     def _record_order(self, store_id: str, email: str, order: Order, event_time: datetime | None) -> None:
         view = OrderView(
@@ -210,37 +277,39 @@ class ReadModel:
             placed_at=_utc(order.placed_at),
             currency=order.currency,
             total=order.total,
-            items=[{"item_name": li.item_name, "quantity": li.quantity} for li in order.line_items],
+            items=[ItemView(item_name=li.item_name, quantity=li.quantity) for li in order.line_items],
         )
         key = self._k(store_id, email, "orders")
         ident = order.order_number or _iso(order.placed_at) or "unknown"
         row = {**view.model_dump(mode="json"), "seen_at": _iso(event_time)}
-        self._set_order(keys=[key], args=[ident, json.dumps(row), _iso(event_time)])
-        self._trim(key, "placed_at")
+        version = self.version_key(store_id, email)
+        self._set_order(keys=[key, version], args=[ident, json.dumps(row), _iso(event_time)])
+        self._trim(key, "placed_at", version)
 
-    def _trim(self, key: str, by: str) -> None:
+    def _trim(self, key: str, by: str, version: str) -> None:
         if self.redis.hlen(key) <= CAP:
             return
         rows = sorted(
             ((field, json.loads(raw)) for field, raw in self.redis.hgetall(key).items()),
             key=lambda row: _when(row[1].get(by)),
         )
-        self.redis.hdel(key, *[field for field, _ in rows[: len(rows) - CAP]])
+        pipe = self.redis.pipeline()
+        pipe.hdel(key, *[field for field, _ in rows[: len(rows) - CAP]])
+        pipe.incr(version)
+        pipe.execute()
 
     # -- reads ---------------------------------------------------------------------------
     def customer_context(self, store_id: str, email: str) -> CustomerContext:
         email = email.strip().lower()
-        pipe = self.redis.pipeline()
-        pipe.hgetall(self._k(store_id, email, "profile"))
-        pipe.hvals(self._k(store_id, email, "orders"))
-        pipe.hvals(self._k(store_id, email, "claims"))
-        profile, orders, claims = pipe.execute()
-        profile = {k.decode(): v.decode() for k, v in profile.items()}
-        order_rows = sorted((json.loads(raw) for raw in orders), key=lambda o: (_when(o.get("placed_at")), o.get("order_number") or ""), reverse=True)
-        claim_rows = sorted((json.loads(raw) for raw in claims), key=lambda c: (_when(c.get("created_at")), c["claim_id"]), reverse=True)
-        return CustomerContext(
-            store_id=store_id,
-            customer=CustomerView(**{**profile, "email": profile.get("email") or email}),
-            orders=[OrderView.model_validate(o) for o in order_rows],
-            claims=[ClaimView.model_validate(c) for c in claim_rows],
+        raw = self._read(
+            keys=[self._k(store_id, email, part) for part in ("profile", "orders", "claims")],
+            args=[email, store_id],
         )
+        context = CustomerContext.model_validate_json(raw)
+        try:  # times are stored in UTC, so they compare as they are ...
+            context.orders.sort(key=lambda o: (o.placed_at or _OLDEST, o.order_number or ""), reverse=True)
+            context.claims.sort(key=lambda c: (c.created_at or _OLDEST, c.claim_id), reverse=True)
+        except TypeError:  # ... unless one was stored without an offset by an older version
+            context.orders.sort(key=lambda o: (_utc(o.placed_at) or _OLDEST, o.order_number or ""), reverse=True)
+            context.claims.sort(key=lambda c: (_utc(c.created_at) or _OLDEST, c.claim_id), reverse=True)
+        return context

@@ -24,7 +24,7 @@ from opcore_hooks import (
     hookimpl,
 )
 
-from . import actors, api, commands, stores, widget
+from . import actors, api, commands, demo, stores, widget
 from .settings import RichpanelSettings
 
 NAME = "richpanel"
@@ -51,6 +51,7 @@ def register_routes(host: Host) -> Routes:
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     commands.register(cli)
+    demo.register(cli)
 
 
 @hookimpl
