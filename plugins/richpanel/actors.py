@@ -33,9 +33,8 @@ import dramatiq
 
 from opcore_hooks import ClaimCreated, ClaimStatusChanged, Host
 
-from . import parking, stores, tickets
+from . import parking, session, stores, tickets
 from .client import AuthError, ClientError, RateLimited, RichpanelClient, RichpanelError
-from .pacing import Pacer
 
 log = logging.getLogger("opcore.richpanel")
 
@@ -65,8 +64,7 @@ class Delivery:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.redis = host.redis
-        settings = host.plugin_settings(NAME)
-        self.pacer = Pacer(host.redis, host.key(NAME, "pace"), quota=settings.quota, window=settings.window_seconds)
+        self.pacer = session.pacer_for(host)
         self._release = host.redis.register_script(_RELEASE)
         options = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000, "on_retry_exhausted": "opcore.exhausted"}
         self.create_actor = host.actor(self.create_ticket, plugin=NAME, **options)
@@ -125,16 +123,11 @@ class Delivery:
             raise Rescheduled
 
     def call(self, api_key: str, request: Callable[[RichpanelClient], Any]) -> Any:
-        client = stores.client_for(self.host, api_key)
         try:
-            return request(client)
-        except RateLimited as exc:
+            return session.call(self.host, api_key, request)
+        except RateLimited:
             self.count("rate_limited")
-            self.pacer.block(api_key, exc.retry_after)
             raise
-        finally:
-            if client.last_rate_limit is not None:
-                self.pacer.observe(api_key, client.last_rate_limit.limit, client.last_rate_limit.remaining)
 
     def transient(self, actor: dramatiq.Actor, args: list[Any], attempt: int, exc: RichpanelError,
                   store_id: str, claim_id: str) -> None:

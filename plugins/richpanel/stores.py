@@ -13,146 +13,34 @@ import hmac
 import logging
 import math
 import re
-import threading
 import time
-import weakref
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
-import httpx
 import redis
-from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, ValidationError, field_validator
+from pydantic import SecretStr
 
 from opcore_hooks import CredentialsCheck, Host
 from opcore_hooks.crypto import DecryptionError
 
-from . import parking
-from .client import AuthError, RateLimited, RichpanelClient, RichpanelError, Team
-from .pacing import Pacer
-from .settings import RichpanelSettings
+from . import parking, session
+from .client import AuthError, RateLimited, RichpanelError, Team
+from .store_config import (  # noqa: F401 - re-exported: stores is the module callers use
+    CHANNELS,
+    FIELD,
+    SettingsError,
+    SettingsUpdate,
+    StoreConfig,
+    mask,
+    parse_update,
+)
 
 NAME = "richpanel"
-FIELD = "api_key"  # the vault binds the ciphertext to this field name
-CHANNELS = ("email", "message", "twilio-sms", "attentive", "aircall", "facebook_message",
-            "instagram", "facebook_feed_comment")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 #: Longest wait for the key's pacing slot before a check is refused as rate limited.
 MAX_PACING_WAIT = 5.0
-_KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # a header value: printable ASCII, no spaces
 
 log = logging.getLogger("opcore.richpanel.stores")
-
-
-class SettingsError(Exception):
-    """A change was refused or a call cannot be served; ``message`` is for a store admin.
-
-    ``status`` is the HTTP status the settings API answers with: 422 for anything the admin
-    can fix in the request, 404 for an unknown store, 502 when Richpanel itself failed.
-    """
-
-    def __init__(self, message: str, details: list[dict[str, Any]] | None = None, *,
-                 status: int = 422, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message, self.details, self.status, self.retry_after = message, details or [], status, retry_after
-
-
-class StoreConfig(BaseModel):
-    """A store's Richpanel settings and credential health, the key still secret."""
-
-    store_id: str
-    api_key: SecretStr | None = None
-    default_team_id: str | None = None
-    default_channel: str = "email"
-    enabled: bool = True
-    credentials: Literal["valid", "invalid", "unchecked"] = "unchecked"
-    checked_at: datetime | None = None
-    last_error: str | None = None
-
-
-class SettingsUpdate(BaseModel):
-    """The PUT body. Omitted fields (and a null api_key/enabled) keep their stored values;
-    a null default_team_id clears the team, a null default_channel goes back to email."""
-
-    model_config = ConfigDict(extra="forbid")
-    api_key: SecretStr | None = None
-    default_team_id: str | None = None
-    default_channel: str | None = None
-    enabled: StrictBool | None = None
-
-    @field_validator("api_key")
-    @classmethod
-    def _key_shape(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        key = value.get_secret_value().strip()  # pasted keys often carry a newline
-        if not key.startswith("rp_"):
-            raise ValueError("a Richpanel API key starts with 'rp_'; copy the whole key from Richpanel")
-        if len(key) > 512 or not _KEY_CHARS.match(key):
-            raise ValueError("the API key contains spaces or characters a Richpanel key cannot have")
-        return SecretStr(key)
-
-    @field_validator("default_channel")
-    @classmethod
-    def _known_channel(cls, value: str | None) -> str | None:
-        if value is not None and value not in CHANNELS:
-            raise ValueError(f"default_channel must be one of: {', '.join(CHANNELS)}")
-        return value
-
-
-def parse_update(data: Any) -> SettingsUpdate:
-    """The PUT body (or the CLI's options) as a SettingsUpdate, or a SettingsError naming fields.
-
-    Pydantic's own error text carries the input value, which may be a key: only the location
-    and message are kept.
-    """
-    if not isinstance(data, dict):
-        raise SettingsError("the body must be a JSON object such as {\"api_key\": \"rp_...\"}")
-    try:
-        return SettingsUpdate.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors(include_input=False, include_url=False)
-    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
-    details = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"].removeprefix("Value error, ")}
-               for e in errors if e["type"] != "extra_forbidden"]
-    if unknown:
-        details.insert(0, {"field": ", ".join(unknown), "message": "unknown field(s); allowed: "
-                           + ", ".join(SettingsUpdate.model_fields)})
-    raise SettingsError("; ".join(f"{d['field']}: {d['message']}" for d in details), details)
-
-
-def mask(key: str) -> str:
-    """``rp_…`` and the last 4 characters; short keys show no tail (it would be most of them)."""
-    return f"rp_…{key[-4:]}" if len(key) >= 12 else "rp_…"
-
-
-# -- the HTTP client -------------------------------------------------------------------------
-
-_http: weakref.WeakKeyDictionary[Host, httpx.Client] = weakref.WeakKeyDictionary()
-_http_lock = threading.Lock()
-
-
-def set_http(host: Host, client: httpx.Client) -> None:
-    """Use ``client`` (e.g. a TestClient around the sandbox) for every Richpanel call of ``host``."""
-    with _http_lock:
-        _http[host] = client
-
-
-def _settings(host: Host) -> RichpanelSettings:
-    found = host.plugin_settings(NAME)
-    return found if isinstance(found, RichpanelSettings) else RichpanelSettings()
-
-
-def client_for(host: Host, api_key: str) -> RichpanelClient:
-    """A client for one key over the host's shared connection pool; cheap enough per call."""
-    settings = _settings(host)
-    with _http_lock:
-        http = _http.get(host)
-        if http is None:
-            http = _http[host] = httpx.Client(
-                timeout=settings.timeout_seconds,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
-            weakref.finalize(host, http.close)  # the pool lives exactly as long as its host
-    return RichpanelClient(settings.api_url, api_key, http=http, timeout=settings.timeout_seconds)
 
 
 # -- storage ---------------------------------------------------------------------------------
@@ -273,8 +161,7 @@ def _teams(host: Host, api_key: str, which: str) -> list[Team]:
     limit it meets blocks delivery too. A slot more than a few seconds away is refused
     rather than waited for, so an admin is not left hanging.
     """
-    settings = _settings(host)
-    pacer = Pacer(host.redis, host.key(NAME, "pace"), quota=settings.quota, window=settings.window_seconds)
+    pacer = session.pacer_for(host)
     wait = pacer.blocked_until(api_key) - time.time()
     if wait <= 0:
         wait = pacer.reserve(api_key).wait()
@@ -283,21 +170,16 @@ def _teams(host: Host, api_key: str, which: str) -> list[Team]:
             wait = 0
     if wait > 0:
         raise _limited(which, wait)
-    client = client_for(host, api_key)
     try:
-        return client.list_teams()
+        return session.call(host, api_key, lambda client: client.list_teams())
     except AuthError:
         raise KeyRejected(f"Richpanel rejected {which} (401)",
                           [{"field": FIELD, "message": "rejected by Richpanel"}]) from None
     except RateLimited as exc:
-        pacer.block(api_key, exc.retry_after)
         raise _limited(which, exc.retry_after) from None
     except RichpanelError as exc:  # the client's messages never carry the key
         raise RichpanelUnavailable(f"Richpanel could not check {which} ({exc}); try again later",
                                    [{"field": FIELD, "message": str(exc)}]) from None
-    finally:
-        if client.last_rate_limit is not None:
-            pacer.observe(api_key, client.last_rate_limit.limit, client.last_rate_limit.remaining)
 
 
 def _check_team(team_id: str, teams: list[Team]) -> str:

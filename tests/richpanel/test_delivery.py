@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from opcore_hooks.app import create_app
 from opcore_hooks.testing import WEBHOOK_SECRET, approved, claim_created, drain, state_changed, wait_for
-from plugins.richpanel import actors, parking, plugin, stores
+from plugins.richpanel import actors, parking, plugin, session, stores
 from plugins.richpanel.sandbox import SandboxConfig, run_in_thread
 from plugins.richpanel.stores import SettingsUpdate
 
@@ -271,7 +271,7 @@ def test_client_errors_are_dead_lettered_with_the_reason_and_not_retried(rp, sta
         seen.append(request)
         return httpx.Response(status, json={"error": f"refused with {status}"})
 
-    stores.set_http(host, httpx.Client(transport=httpx.MockTransport(refuse)))
+    session.set_http(host, httpx.Client(transport=httpx.MockTransport(refuse)))
     event = claim_created()
     post(host, event)
     settle(host, worker, lambda: host.dead_letters.count() == 1)

@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from opcore_hooks.app import create_app
 from opcore_hooks.testing import ADMIN_TOKEN
-from plugins.richpanel import plugin, stores
+from plugins.richpanel import plugin, session, stores
 from plugins.richpanel.sandbox import SandboxConfig, create_sandbox
 
 KEY = "rp_live_Sup3rSecretKeyValue_a1b2"
@@ -44,7 +44,7 @@ def sandbox():
 def host(make_host, sandbox, monkeypatch):
     monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", "http://testserver")
     host = make_host({"richpanel": plugin})
-    stores.set_http(host, sandbox[1])
+    session.set_http(host, sandbox[1])
     return host
 
 

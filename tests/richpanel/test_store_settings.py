@@ -1,7 +1,7 @@
 """Per-store Richpanel settings: checked with Richpanel, sealed at rest, never leaked.
 
 Richpanel is the in-process sandbox (a starlette TestClient handed to the host with
-``stores.set_http``); one test runs it on a real socket. ``dump`` is every Redis key and
+``session.set_http``); one test runs it on a real socket. ``dump`` is every Redis key and
 value, so "nothing saved" and "the key appears nowhere" are checked on what is really stored.
 """
 
@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from opcore_hooks import CredentialsCheck
 from opcore_hooks.crypto import DecryptionError, generate_master_key
-from plugins.richpanel import parking, plugin, stores
+from plugins.richpanel import parking, plugin, session, stores
 from plugins.richpanel.sandbox import SandboxConfig, SandboxState, create_sandbox, run_in_thread
 from plugins.richpanel.stores import SettingsError, SettingsUpdate
 
@@ -45,7 +45,7 @@ def build(make_host, sandbox, monkeypatch):
 
     def make(**overrides: Any):
         host = make_host(PLUGINS, **overrides)
-        stores.set_http(host, sandbox[1])
+        session.set_http(host, sandbox[1])
         return host
     return make
 
@@ -321,7 +321,7 @@ def test_a_real_socket_and_one_shared_pool_per_host(make_host, monkeypatch):
         host = make_host(PLUGINS)
         assert save(host, api_key=KEY, default_team_id=TEAM).credentials == "valid"
         assert [t.name for t in stores.list_teams(host, STORE)] == ["Claims"]
-        one, two = stores.client_for(host, KEY), stores.client_for(host, NEW_KEY)
+        one, two = session.client_for(host, KEY), session.client_for(host, NEW_KEY)
         assert one._http is two._http and one.base_url == server.url
         assert KEY not in repr(one)
 

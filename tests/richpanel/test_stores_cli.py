@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from opcore_hooks import Host
 from opcore_hooks.cli import cli
-from plugins.richpanel import commands, plugin, stores
+from plugins.richpanel import commands, plugin, session, stores
 from plugins.richpanel.sandbox import SandboxConfig, create_sandbox
 
 KEY = "rp_live_Sup3rSecretKeyValue_a1b2"
@@ -25,7 +25,7 @@ def host(make_host, monkeypatch):
     monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", "http://testserver")
     host = make_host({"richpanel": plugin})
     with TestClient(app) as http:
-        stores.set_http(host, http)
+        session.set_http(host, http)
         monkeypatch.setattr(Host, "from_env", classmethod(lambda cls, **kw: host))
         yield host
 
