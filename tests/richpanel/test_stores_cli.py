@@ -106,3 +106,25 @@ def test_cli_and_http_share_one_validate_and_save_path(run, monkeypatch):
     monkeypatch.setattr(stores, "update", lambda *a: calls.append(a[1]) or real(*a))
     run("stores", "set", "richpanel", "store_123", "--api-key", KEY)
     assert calls == ["store_123"]
+
+
+def test_keys_rotate_reseals_keys_and_widget_secrets_under_the_new_master_key(run, host, monkeypatch):
+    from pydantic import SecretStr
+
+    from opcore_hooks.crypto import Vault
+    from plugins.richpanel import widget
+
+    assert run("stores", "set", "richpanel", "store_a", "--api-key", KEY).exit_code == 0
+    widget.provision(host, "store_a")
+    new = run("keys", "generate").output.strip()
+    old = host.settings.master_key.get_secret_value()
+    assert len(Vault.from_setting(new)._keys) == 1
+    host.settings = host.settings.model_copy(update={"master_key": SecretStr(f"{new},{old}")})
+    del host.__dict__["vault"]  # the vault is cached; the operator restarts with the new setting
+    result = run("keys", "rotate")
+    assert result.exit_code == 0, result.output
+    assert "re-encrypted 2 secret(s)" in result.output
+    host.settings = host.settings.model_copy(update={"master_key": SecretStr(new)})
+    del host.__dict__["vault"]
+    assert stores.load(host, "store_a").api_key.get_secret_value() == KEY
+    assert widget.active_secrets(host, "store_a", now=0)
