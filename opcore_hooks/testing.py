@@ -171,3 +171,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def feed(host: Host, *envelopes: dict[str, Any]) -> None:
+    """Run webhook envelopes through the dispatcher exactly as a worker does, without the broker."""
+    from .events import Event, normalize_topic, parse_body
+
+    for envelope in envelopes:
+        topic = normalize_topic(envelope["topic"])
+        event = Event(id=envelope["id"], topic=topic, created_at=envelope.get("created_at"),
+                      body=parse_body(topic, envelope["body"]))
+        host.dispatcher.dispatch(event.model_dump(mode="json"))

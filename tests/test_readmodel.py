@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -11,8 +10,7 @@ from starlette.testclient import TestClient
 
 from opcore_hooks import readmodel
 from opcore_hooks.app import create_app
-from opcore_hooks.events import Event, normalize_topic, parse_body
-from opcore_hooks.testing import WEBHOOK_SECRET, approved, claim_created, drain, state_changed
+from opcore_hooks.testing import WEBHOOK_SECRET, approved, claim_created, drain, feed, state_changed
 
 STORE = "store_123"
 
@@ -25,15 +23,6 @@ def order_upserted(number: str, placed_at: str, *, email: str = "ana@example.com
                  "order": {"order_number": number, "placed_at": placed_at, "currency": "USD", "total": total,
                            "line_items": [{"item_name": "Mug", "quantity": 2}], **order}},
     }
-
-
-def feed(host, *envelopes: dict) -> None:
-    """Run events through the dispatcher exactly as a worker does, without the broker."""
-    for envelope in envelopes:
-        topic = normalize_topic(envelope["topic"])
-        event = Event(id=envelope["id"], topic=topic, created_at=envelope.get("created_at"),
-                      body=parse_body(topic, envelope["body"]))
-        host.dispatcher.dispatch(event.model_dump(mode="json"))
 
 
 def snapshot(host) -> dict:
@@ -140,15 +129,11 @@ def test_a_redelivered_creation_keeps_the_later_state(host):
 
 
 def test_an_older_order_snapshot_never_replaces_a_newer_one(host):
-    # Called directly with the event time: the dispatcher passes it once dispatch.py forwards
-    # event.created_at to record_order (until then order.upserted is last-write-wins).
-    rm = host.readmodel
-    newer = order_upserted("#1", "2026-11-01T00:00:00Z", total="20.00")
-    older = order_upserted("#1", "2026-11-01T00:00:00Z", total="15.00")
-    rm.record_order(parse_body("order.upserted", newer["body"]), datetime(2026, 11, 27, 11, tzinfo=timezone.utc))
-    plus_two = timezone(timedelta(hours=2))  # 10:30Z: older than the 11:00Z snapshot
-    rm.record_order(parse_body("order.upserted", older["body"]), datetime(2026, 11, 27, 12, 30, tzinfo=plus_two))
-    [order] = rm.customer_context(STORE, "ana@example.com").orders
+    newer = order_upserted("#1", "2026-11-01T00:00:00Z", total="20.00", created_at="2026-11-27T11:00:00Z")
+    # 12:30 at +02:00 is 10:30Z: older than the 11:00Z snapshot, though it reads later.
+    older = order_upserted("#1", "2026-11-01T00:00:00Z", total="15.00", created_at="2026-11-27T12:30:00+02:00")
+    feed(host, newer, older)
+    [order] = host.readmodel.customer_context(STORE, "ana@example.com").orders
     assert order.total == "20.00"
 
 
@@ -166,7 +151,7 @@ def test_the_default_cap_is_a_hundred(host):
     assert readmodel.CAP == 100
     for n in range(101):
         placed = f"2026-{1 + n // 60:02d}-01T00:00:{n % 60:02d}Z"
-        host.readmodel.record_order(parse_body("order.upserted", order_upserted(f"#{n}", placed)["body"]))
+        feed(host, order_upserted(f"#{n}", placed))
     orders = host.readmodel.customer_context(STORE, "ana@example.com").orders
     assert len(orders) == 100 and "#0" not in {o.order_number for o in orders}
 

@@ -11,13 +11,10 @@ import pytest
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
-from opcore_hooks import Routes, hookimpl
 from opcore_hooks.app import create_app
-from opcore_hooks.events import Event, normalize_topic, parse_body
 from opcore_hooks.signing import sign, sign_all
-from opcore_hooks.testing import ADMIN_TOKEN, approved, claim_created
-from plugins.richpanel import widget
-from plugins.richpanel.settings import RichpanelSettings
+from opcore_hooks.testing import ADMIN_TOKEN, approved, claim_created, feed
+from plugins.richpanel import plugin, widget
 
 STORE = "store_123"
 PATH = f"/widgets/richpanel/{STORE}"
@@ -28,33 +25,9 @@ CSP = ("default-src 'none'; style-src 'self'; base-uri 'none'; form-action 'none
        "frame-ancestors https://*.richpanel.com https://richpanel.com")
 
 
-class WidgetOnly:
-    """The widget's share of the Richpanel plugin, wired as plugins/richpanel/plugin.py wires it."""
-
-    @hookimpl
-    def register_settings(self):
-        return RichpanelSettings
-
-    @hookimpl
-    def register_routes(self, host):
-        return Routes(internal=widget.internal_routes(host), widget=widget.widget_routes(host))
-
-    @hookimpl
-    def widget_context(self, host, store_id, context):
-        return widget.shape_context(host, store_id, context)
-
-
-def feed(host, *envelopes: dict) -> None:
-    for envelope in envelopes:
-        topic = normalize_topic(envelope["topic"])
-        event = Event(id=envelope["id"], topic=topic, created_at=envelope.get("created_at"),
-                      body=parse_body(topic, envelope["body"]))
-        host.dispatcher.dispatch(event.model_dump(mode="json"))
-
-
 @pytest.fixture
 def host(make_host):
-    return make_host({"richpanel": WidgetOnly()})
+    return make_host({"richpanel": plugin})
 
 
 @pytest.fixture
@@ -262,7 +235,7 @@ def test_the_panel_has_a_strict_csp_and_no_script(client, host):
 
 def test_frame_ancestors_follow_the_setting(make_host, monkeypatch):
     monkeypatch.setenv("OPCORE_RICHPANEL_FRAME_ANCESTORS", "https://desk.example.com")
-    host = make_host({"richpanel": WidgetOnly()})
+    host = make_host({"richpanel": plugin})
     with TestClient(create_app(host)) as client:
         page = get(client, provision(client)["signing_secret"])
     assert page.headers["content-security-policy"].endswith("; frame-ancestors https://desk.example.com")
@@ -270,7 +243,7 @@ def test_frame_ancestors_follow_the_setting(make_host, monkeypatch):
 
 def test_a_frame_ancestors_setting_cannot_inject_directives(make_host, monkeypatch):
     monkeypatch.setenv("OPCORE_RICHPANEL_FRAME_ANCESTORS", "https://x.com; script-src *")
-    host = make_host({"richpanel": WidgetOnly()})
+    host = make_host({"richpanel": plugin})
     with pytest.raises(Exception, match="FRAME_ANCESTORS"):
         create_app(host)
 
@@ -285,17 +258,17 @@ def test_json_is_chosen_only_when_asked_for(client):
 def test_rotate_reseals_secrets_under_the_newest_master_key(make_host, settings):
     from opcore_hooks.crypto import generate_master_key
 
-    host = make_host({"richpanel": WidgetOnly()})
+    host = make_host({"richpanel": plugin})
     with TestClient(create_app(host)) as client:
         old = provision(client)["signing_secret"]
         new = provision(client)["signing_secret"]
     assert widget.rotate(host) == 0  # already under the newest key
     newer_key = generate_master_key()
     both = f"{newer_key},{settings.master_key.get_secret_value()}"
-    rotated_host = make_host({"richpanel": WidgetOnly()}, master_key=SecretStr(both))
+    rotated_host = make_host({"richpanel": plugin}, master_key=SecretStr(both))
     assert widget.rotate(rotated_host) == 2
     assert widget.rotate(rotated_host) == 0
-    only_new = make_host({"richpanel": WidgetOnly()}, master_key=SecretStr(newer_key))
+    only_new = make_host({"richpanel": plugin}, master_key=SecretStr(newer_key))
     assert widget.active_secrets(only_new, STORE, time.time()) == [new, old]
 
 
@@ -323,7 +296,7 @@ def test_a_secret_the_vault_cannot_open_is_a_503_that_names_no_secret(client, ho
     from opcore_hooks.crypto import generate_master_key
 
     secret = provision(client)["signing_secret"]
-    other = make_host({"richpanel": WidgetOnly()}, master_key=SecretStr(generate_master_key()))
+    other = make_host({"richpanel": plugin}, master_key=SecretStr(generate_master_key()))
     with TestClient(create_app(other)) as stranger:
         answer = get(stranger, secret)
     assert answer.status_code == 503

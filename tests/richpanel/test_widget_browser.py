@@ -31,13 +31,11 @@ import pytest
 import uvicorn
 from starlette.responses import HTMLResponse
 
-from opcore_hooks import Host, Routes, hookimpl
+from opcore_hooks import Host
 from opcore_hooks.app import create_app
-from opcore_hooks.events import Event, normalize_topic, parse_body
 from opcore_hooks.signing import sign
-from opcore_hooks.testing import approved, claim_created, state_changed
-from plugins.richpanel import widget
-from plugins.richpanel.settings import RichpanelSettings
+from opcore_hooks.testing import approved, claim_created, feed, state_changed
+from plugins.richpanel import plugin, widget
 
 pytestmark = pytest.mark.browser
 
@@ -45,20 +43,6 @@ CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "widget.png"
 STORE = "store_123"
 WIDTH = 350
-
-
-class WidgetOnly:
-    @hookimpl
-    def register_settings(self):
-        return RichpanelSettings
-
-    @hookimpl
-    def register_routes(self, host):
-        return Routes(internal=widget.internal_routes(host), widget=widget.widget_routes(host))
-
-    @hookimpl
-    def widget_context(self, host, store_id, context):
-        return widget.shape_context(host, store_id, context)
 
 
 def signing(app, secret: str):
@@ -172,14 +156,6 @@ class Cdp:
         os.close(self._w)
 
 
-def feed(host: Host, *envelopes: dict) -> None:
-    for envelope in envelopes:
-        topic = normalize_topic(envelope["topic"])
-        event = Event(id=envelope["id"], topic=topic, created_at=envelope.get("created_at"),
-                      body=parse_body(topic, envelope["body"]))
-        host.dispatcher.dispatch(event.model_dump(mode="json"))
-
-
 def claim(claim_id: str, number: str, created_at: str, **body: Any) -> dict:
     event = claim_created(claim_id=claim_id, claim_number=number, created_at=created_at, **body)
     event["created_at"] = created_at
@@ -195,7 +171,7 @@ def order(number: str, placed_at: str, total: str, *items: tuple[str, int]) -> d
 def served(settings):
     """The app on 127.0.0.1 with a realistic customer, behind the test-only signer."""
     host = Host(settings, redis_client=fakeredis.FakeRedis(server=fakeredis.FakeServer()),
-                plugins={"richpanel": WidgetOnly()})
+                plugins={"richpanel": plugin})
     feed(host,
          claim("cm1", "OP-1042", "2026-11-27T09:59:58Z"),
          claim("cm2", "OP-1057", "2026-11-24T15:20:00Z", claim_type="MISSING_ITEM",
