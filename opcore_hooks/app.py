@@ -7,7 +7,9 @@ import gc
 import logging
 from typing import AsyncIterator
 
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -20,6 +22,26 @@ from .routes import Routes
 from .worker import EmbeddedWorker
 
 log = logging.getLogger("opcore.app")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s: Redis is unavailable: %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse({"error": "the store is unavailable; nothing was changed, retry later"}, status_code=503,
+                        headers={"Retry-After": "5"})
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse({"error": "internal error; it has been logged"}, status_code=500)
+
+
+#: Every answer is JSON, even a 404 for an unknown path or a Redis outage in any plugin route.
+ERROR_HANDLERS = {HTTPException: _http_error, RedisError: _store_unavailable, Exception: _internal_error}
 
 
 def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4) -> Starlette:
@@ -65,6 +87,7 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
                 worker.stop()
 
     app = Starlette(
+        exception_handlers=ERROR_HANDLERS,
         routes=[
             Route("/healthz", healthz),
             Route("/webhooks/orderprotection", Ingress(host).handle, methods=["POST"]),

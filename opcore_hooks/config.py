@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     #: After this long without a heartbeat, a worker counts as dead and the messages it held
     #: are delivered again (Dramatiq's default is 60 s).
     heartbeat_timeout_ms: int = 60_000
+    #: Out of a million broker commands, how many also run queue maintenance (which, among
+    #: other things, gives a dead worker's messages back). Dramatiq's default is 1000.
+    broker_maintenance_chance: int = 1000
+    #: How long a worker waits for Redis to come back before an enqueue fails.
+    enqueue_wait_seconds: float = 300.0
 
     @field_validator("dashboard_url")
     @classmethod

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from .broker import Broker
 from .config import ConfigError, Settings
 from .deadletters import DeadLetters
 from .plugins import LoadedPlugins, load_plugins
@@ -38,8 +38,12 @@ class Host:
     ) -> None:
         self.settings = settings or Settings()
         self.redis: redis.Redis = redis_client or connect(self.settings.redis_url)
-        self.broker = RedisBroker(
-            client=self.redis, namespace=self.key("dramatiq"), heartbeat_timeout=self.settings.heartbeat_timeout_ms
+        self.broker = Broker(
+            client=self.redis,
+            namespace=self.key("dramatiq"),
+            heartbeat_timeout=self.settings.heartbeat_timeout_ms,
+            maintenance_chance=self.settings.broker_maintenance_chance,
+            enqueue_wait_seconds=self.settings.enqueue_wait_seconds,
         )
         self.loaded: LoadedPlugins = load_plugins(
             plugins, allowlist=self.settings.plugin_allowlist, strict=self.settings.strict_plugins

@@ -11,27 +11,23 @@ a local network costs less than a thread hand-off (measured in bench/ingress.py)
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from dramatiq.errors import BrokerError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .auth import secret_matches
+from .bodies import BodyError, read_json
 from .events import BODY_MODELS, Envelope, Event, normalize_topic, parse_body
 
 if TYPE_CHECKING:
     from .host import Host
 
 log = logging.getLogger("opcore.ingress")
-
-class BodyTooLarge(Exception):
-    pass
-
 
 def error(status: int, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
     payload: dict[str, Any] = {"error": message}
@@ -52,19 +48,6 @@ def describe_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, An
     ]
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class Ingress:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -77,17 +60,10 @@ class Ingress:
     async def handle(self, request: Request) -> JSONResponse:
         if self.secret is None or not secret_matches(request.headers.get("x-webhook-secret"), self.secret):
             return error(401, "missing or wrong x-webhook-secret header")
-        limit = self.host.settings.max_body_bytes
         try:
-            raw = await read_limited(request, limit)
-        except BodyTooLarge:
-            return error(413, f"body is larger than {limit // 1024} KiB")
-        except ClientDisconnect:
-            return error(400, "the request body was not fully received")
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return error(400, f"body is not valid JSON: {exc}")
+            data = await read_json(request, self.host.settings.max_body_bytes)
+        except BodyError as exc:
+            return error(exc.status, exc.message)
         if not isinstance(data, dict):
             return error(422, "body must be a JSON object (Order Protection's webhook envelope)",
                          [{"field": "", "message": "expected an object", "type": "object_type"}])

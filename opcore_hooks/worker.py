@@ -9,6 +9,10 @@ import threading
 from typing import Callable
 
 from dramatiq import Worker
+from dramatiq.common import iter_queue, q_name
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.worker import ConsumerThread
+from redis.exceptions import RedisError
 
 from .host import Host
 
@@ -19,11 +23,65 @@ log = logging.getLogger("opcore.worker")
 POLL_MS = 100
 
 
+class _KeepDelayed(ConsumerThread):
+    """A consumer that gives back the delayed messages Dramatiq drops on a connection error.
+
+    On a broker connection error, Dramatiq's consumer replaces its in-memory delay queue with
+    an empty one. The messages it held stay claimed by this worker in Redis and come back only
+    when the worker is declared dead, which a live worker never is: every paced ticket and
+    snooze is a delayed message, and a Redis restart stranded them (found by bench/chaos.py).
+    This keeps them and requeues them as soon as a consumer is connected again.
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        self._orphans: list = []
+        super().__init__(**kwargs)
+
+    @property
+    def delay_queue(self):  # type: ignore[override]
+        return self._delay_queue
+
+    @delay_queue.setter
+    def delay_queue(self, queue) -> None:
+        old = self.__dict__.get("_delay_queue")
+        if old is not None:
+            self._orphans.extend(item.message for item in iter_queue(old))
+        self._delay_queue = queue
+
+    def handle_delayed_messages(self) -> None:
+        if self._orphans and self.consumer is not None:
+            try:
+                self.consumer.requeue(self._orphans)
+            except (RedisError, BrokerConnectionError):
+                pass  # still away: try again on the next turn
+            else:
+                log.warning("gave back %d delayed message(s) held across a connection error", len(self._orphans))
+                self._orphans = []
+        super().handle_delayed_messages()
+
+
+class _Worker(Worker):
+    def _add_consumer(self, queue_name: str, *, delay: bool = False) -> None:
+        # Dramatiq's own body, with _KeepDelayed as the consumer class.
+        if queue_name in self.consumers:
+            return
+        if self.consumer_whitelist and q_name(queue_name) not in self.consumer_whitelist:
+            return
+        consumer = self.consumers[queue_name] = _KeepDelayed(
+            broker=self.broker,
+            queue_name=queue_name,
+            prefetch=self.delay_prefetch if delay else self.queue_prefetch,
+            work_queue=self.work_queue,
+            worker_timeout=self.worker_timeout,
+        )
+        consumer.start()
+
+
 class EmbeddedWorker:
     """Dramatiq worker threads in this process, on the host's own broker."""
 
     def __init__(self, host: Host, *, threads: int = 4) -> None:
-        self.worker = Worker(host.broker, worker_threads=threads, worker_timeout=POLL_MS)
+        self.worker = _Worker(host.broker, worker_threads=threads, worker_timeout=POLL_MS)
 
     def start(self) -> None:
         self.worker.start()

@@ -43,7 +43,6 @@ NAME = "richpanel"
 EPSILON = 0.05
 #: Transient failures (5xx, timeouts, lost connections) before the work becomes a dead letter.
 MAX_ATTEMPTS = 15
-LOCK_MS = 60_000
 BUSY_RETRY_SECONDS = 2.0
 
 _RELEASE = """
@@ -65,6 +64,9 @@ class Delivery:
         self.host = host
         self.redis = host.redis
         self.pacer = session.pacer_for(host)
+        # Held across at most a lookup and a create, each bounded by the request timeout; a
+        # killed worker's lock must not hold its claim back much longer than that.
+        self.lock_ms = int((2 * session.settings_of(host).timeout_seconds + 5) * 1000)
         self._release = host.redis.register_script(_RELEASE)
         options = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000, "on_retry_exhausted": "opcore.exhausted"}
         self.create_actor = host.actor(self.create_ticket, plugin=NAME, **options)
@@ -88,7 +90,7 @@ class Delivery:
     def claim_lock(self, store_id: str, claim_id: str) -> Iterator[bool]:
         key = self.host.key(NAME, "lock", store_id, claim_id)
         token = secrets.token_hex(8)
-        got = bool(self.redis.set(key, token, nx=True, px=LOCK_MS))
+        got = bool(self.redis.set(key, token, nx=True, px=self.lock_ms))
         try:
             yield got
         finally:
@@ -297,7 +299,7 @@ def claim_created(host: Host, claim: ClaimCreated) -> None:
 
 def claim_status_changed(host: Host, change: ClaimStatusChanged) -> None:
     """A finished claim's ticket is snoozed: now if it exists, else right after it is created."""
-    if change.claim_state.value not in tickets.SNOOZE_STATES:
+    if change.claim_state.value not in tickets.SNOOZE_STATES or stores.load(host, change.store_id) is None:
         return
     delivery = delivery_for(host)
     key = delivery.claim_key(change.store_id, change.claim_id)

@@ -9,7 +9,6 @@ the admin must enter the key again), 502 when Richpanel failed to answer a read.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Callable
 
@@ -19,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from opcore_hooks import Host
+from opcore_hooks.bodies import BodyError, read_json
 from opcore_hooks.config import ConfigError
 from opcore_hooks.crypto import DecryptionError
 
@@ -55,14 +55,11 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
 
 async def _body(request: Request) -> Any:
     """The JSON body, or a SettingsError an admin can act on."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise SettingsError(f"the body is larger than {MAX_BODY} bytes")
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise SettingsError('the body is not valid JSON; send e.g. {"api_key": "rp_...", '
-                            '"default_channel": "email", "enabled": true}') from None
+        return await read_json(request, MAX_BODY)
+    except BodyError as exc:
+        raise SettingsError(f"{exc.message}; send e.g. {{\"api_key\": \"rp_...\", "
+                            f"\"default_channel\": \"email\", \"enabled\": true}}") from None
 
 
 def internal_routes(host: Host) -> list[Route]:
