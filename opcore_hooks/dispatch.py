@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("opcore.dispatch")
 
 QUEUE = "opcore"
+#: A store with more than LANE_LIMIT events accepted but not yet dispatched sends the rest
+#: through this second queue. The worker consumes both queues side by side (a consumer
+#: each, feeding one FIFO work queue), so a quiet store's events never wait behind another
+#: store's burst: a backlog occupies at most one queue's prefetch of the work queue.
+BULK_QUEUE = "opcore.bulk"
+LANE_LIMIT = 20
 EXHAUSTED = "opcore.exhausted"
 
 #: Which plugin hook each topic reaches; order.upserted only feeds the read model.
@@ -32,13 +38,27 @@ HOOK_FOR_TOPIC = {
 }
 
 
+# KEYS: seen, msgs, queue, the store's in-flight counter, bulk msgs, bulk queue.
+# ARGV: seen ttl, message id, message, lane limit, the message as sent to the bulk queue
+# (Dramatiq acks a message through the consumer of the queue its queue_name names).
 _ACCEPT = """
 if redis.call('SET', KEYS[1], 'accepted', 'NX', 'EX', ARGV[1]) then
+  local n = redis.call('INCR', KEYS[4])
+  redis.call('EXPIRE', KEYS[4], 3600)
+  if n > tonumber(ARGV[4]) then
+    redis.call('HSET', KEYS[5], ARGV[2], ARGV[5])
+    redis.call('RPUSH', KEYS[6], ARGV[2])
+    return 2
+  end
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
   redis.call('RPUSH', KEYS[3], ARGV[2])
   return 1
 end
 return 0
+"""
+
+_DONE = """
+if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
 """
 
 
@@ -57,14 +77,25 @@ class Dispatcher:
             max_retries=25, min_backoff=1000, max_backoff=3_600_000, on_retry_exhausted=EXHAUSTED,
         )
         self._accept = host.redis.register_script(_ACCEPT)
+        self._done = host.redis.register_script(_DONE)
+        broker.declare_queue(BULK_QUEUE)
         self.exhausted = dramatiq.actor(
             self._exhausted, broker=broker, actor_name=EXHAUSTED, queue_name=QUEUE, max_retries=50,
         )
 
     # The topic decides the hook and the body model; both are validated again here because
     # a message may have been written by an older or newer version of opcore.
+    def _inflight_key(self, store_id: str | None) -> str:
+        return self.host.key("inflight", store_id or "-")
+
     def _dispatch(self, data: dict[str, Any]) -> None:
         event = event_from_json(data)
+        try:
+            self._dispatch_event(event, data)
+        finally:
+            self._done(keys=[self._inflight_key(getattr(event.body, "store_id", None))])
+
+    def _dispatch_event(self, event: Event, data: dict[str, Any]) -> None:
         self._feed_read_model(event)
         hook = HOOK_FOR_TOPIC.get(event.topic)
         if hook is None:
@@ -119,9 +150,12 @@ class Dispatcher:
         message = self.dispatch.message(event.model_dump(mode="json"))
         message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
         queue = f"{self.host.broker.namespace}:{QUEUE}"
+        bulk = f"{self.host.broker.namespace}:{BULK_QUEUE}"
         accepted = self._accept(
-            keys=[seen_key, f"{queue}.msgs", queue],
-            args=[ttl_seconds, message.options["redis_message_id"], message.encode()],
+            keys=[seen_key, f"{queue}.msgs", queue, self._inflight_key(getattr(event.body, "store_id", None)),
+                  f"{bulk}.msgs", bulk],
+            args=[ttl_seconds, message.options["redis_message_id"], message.encode(), LANE_LIMIT,
+                  message.copy(queue_name=BULK_QUEUE).encode()],
         )
         return bool(accepted)
 

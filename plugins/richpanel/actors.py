@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -54,7 +55,13 @@ _deliveries: weakref.WeakKeyDictionary[Host, Delivery] = weakref.WeakKeyDictiona
 
 
 class Rescheduled(Exception):
-    """Internal: the message was sent again for later; this run is over."""
+    """Internal: this run is over; the actor's entry point sends the message again for later,
+    once the claim lock is released (sent under the lock, a message due at once can reach
+    another thread before the release and lose BUSY_RETRY_SECONDS to the lock)."""
+
+    def __init__(self, actor: dramatiq.Actor, args: list[Any], kwargs: dict[str, Any], delay: float) -> None:
+        super().__init__()
+        self.actor, self.args, self.kwargs, self.delay = actor, args, kwargs, delay
 
 
 class Delivery:
@@ -64,6 +71,7 @@ class Delivery:
         self.host = host
         self.redis = host.redis
         self.pacer = session.pacer_for(host)
+        self._admitted = threading.local()
         # Held across at most a lookup and a create, each bounded by the request timeout; a
         # killed worker's lock must not hold its claim back much longer than that.
         self.lock_ms = int((2 * session.settings_of(host).timeout_seconds + 5) * 1000)
@@ -109,20 +117,30 @@ class Delivery:
         else:
             actor.send_with_options(args=tuple(args), kwargs=kwargs)
 
-    def reschedule(self, actor: dramatiq.Actor, args: list[Any], *, delay: float, attempt: int, stat: str) -> None:
+    def reschedule(self, actor: dramatiq.Actor, args: list[Any], *, delay: float, attempt: int, stat: str,
+                   slot: float | None = None) -> None:
         self.count(stat)
-        self._send(actor, args, {"slot": None, "attempt": attempt}, delay)
-        raise Rescheduled
+        raise Rescheduled(actor, args, {"slot": slot, "attempt": attempt}, delay)
 
     def take_turn(self, actor: dramatiq.Actor, args: list[Any], api_key: str, slot: float | None, attempt: int) -> None:
-        """Return when this message may send a request now; otherwise reschedule it at its slot."""
+        """Return when this message may send a request now; otherwise reschedule it.
+
+        The slot booked at scheduling time brings the message back at about the right time;
+        the request itself is admitted against the requests really sent in the window (and
+        any Retry-After block), so a late run never makes the next window start early, and a
+        refused message keeps its place instead of going behind the whole backlog.
+        """
         now = time.time()
-        if slot is None or slot < self.pacer.blocked_until(api_key):
+        if slot is None:
             slot = self.pacer.reserve(api_key, now).at
-        if slot - now > EPSILON:
-            self.count("paced_waits")
-            self._send(actor, args, {"slot": slot, "attempt": attempt}, slot - now)
-            raise Rescheduled
+        if slot - now <= EPSILON:
+            member, retry_at = self.pacer.admit(api_key, now)
+            if member is not None:
+                self._admitted.member = member
+                return
+            slot = retry_at
+        self.count("paced_waits")
+        raise Rescheduled(actor, args, {"slot": slot, "attempt": attempt}, slot - now)
 
     def call(self, api_key: str, request: Callable[[RichpanelClient], Any]) -> Any:
         try:
@@ -130,6 +148,10 @@ class Delivery:
         except RateLimited:
             self.count("rate_limited")
             raise
+        finally:
+            member, self._admitted.member = getattr(self._admitted, "member", None), None
+            if member is not None:
+                self.pacer.answered(api_key, member)
 
     def transient(self, actor: dramatiq.Actor, args: list[Any], attempt: int, exc: RichpanelError,
                   store_id: str, claim_id: str) -> None:
@@ -158,8 +180,8 @@ class Delivery:
     def create_ticket(self, store_id: str, claim: dict[str, Any], slot: float | None = None, attempt: int = 0) -> None:
         try:
             self._create(store_id, ClaimCreated.model_validate(claim), [store_id, claim], slot, attempt)
-        except Rescheduled:
-            pass
+        except Rescheduled as again:
+            self._send(again.actor, again.args, again.kwargs, again.delay)
 
     def _create(self, store_id: str, claim: ClaimCreated, args: list[Any], slot: float | None, attempt: int) -> None:
         actor, key = self.create_actor, self.claim_key(store_id, claim.claim_id)
@@ -205,8 +227,9 @@ class Delivery:
         except RateLimited:
             if step == "create":  # a rate-limited request was not processed
                 self.redis.hset(key, "pending", "0")
-            self.reschedule(actor, args, delay=self.pacer.blocked_until(api_key) - time.time(), attempt=attempt,
-                            stat="rate_limit_waits")
+            blocked = self.pacer.blocked_until(api_key)
+            self.reschedule(actor, args, delay=blocked - time.time(), attempt=attempt, stat="rate_limit_waits",
+                            slot=blocked)
         except AuthError as exc:
             stores.mark_invalid(self.host, store_id, str(exc), api_key=api_key)
             parking.park(self.host, store_id, actor.actor_name, args)
@@ -237,8 +260,8 @@ class Delivery:
     def snooze_ticket(self, store_id: str, claim_id: str, slot: float | None = None, attempt: int = 0) -> None:
         try:
             self._snooze(store_id, claim_id, [store_id, claim_id], slot, attempt)
-        except Rescheduled:
-            pass
+        except Rescheduled as again:
+            self._send(again.actor, again.args, again.kwargs, again.delay)
 
     def _snooze(self, store_id: str, claim_id: str, args: list[Any], slot: float | None, attempt: int) -> None:
         actor, key = self.snooze_actor, self.claim_key(store_id, claim_id)
@@ -257,8 +280,9 @@ class Delivery:
             try:
                 self.call(api_key, lambda c: c.snooze_ticket(ticket_id))
             except RateLimited:
-                self.reschedule(actor, args, delay=self.pacer.blocked_until(api_key) - time.time(),
-                                attempt=attempt, stat="rate_limit_waits")
+                blocked = self.pacer.blocked_until(api_key)
+                self.reschedule(actor, args, delay=blocked - time.time(), attempt=attempt,
+                                stat="rate_limit_waits", slot=blocked)
             except AuthError as exc:
                 stores.mark_invalid(self.host, store_id, str(exc), api_key=api_key)
                 parking.park(self.host, store_id, actor.actor_name, args)

@@ -63,6 +63,32 @@ return 0
 """
 
 
+# KEYS: sent zset (requests actually sent), blocked-until key, advertised-limit key.
+# ARGV: now, window, quota, member, margin.
+# Admission on what was really sent: a reservation only says when a message should come
+# back; the request may go later than its slot (a busy worker, the delay queue's own
+# latency), and booking the next window from the slot rather than the send lets the next
+# window start early and meet a 429. Returns 'go' (the send is recorded) or the time to retry.
+_ADMIT = """
+local now = tonumber(ARGV[1])
+local span = tonumber(ARGV[2]) + tonumber(ARGV[5])
+local quota = tonumber(ARGV[3])
+local advertised = tonumber(redis.call('GET', KEYS[3]) or '0')
+if advertised > 0 and advertised < quota then quota = advertised end
+local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
+if blocked > now then return string.format('%.6f', blocked) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+local n = redis.call('ZCARD', KEYS[1])
+if n >= quota then
+  local r = redis.call('ZRANGE', KEYS[1], n - quota, n - quota, 'WITHSCORES')
+  return string.format('%.6f', tonumber(r[2]) + span)
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], math.ceil(span * 1000) + 1000)
+return 'go'
+"""
+
+
 def fingerprint(api_key: str) -> str:
     return hashlib.sha256(b"opcore-pacing:" + api_key.encode()).hexdigest()[:20]
 
@@ -85,10 +111,31 @@ class Pacer:
         self.margin = min(1.0, 0.02 * window + 0.05)
         self._reserve = client.register_script(_RESERVE)
         self._block = client.register_script(_BLOCK)
+        self._admit = client.register_script(_ADMIT)
 
     def _keys(self, api_key: str) -> tuple[str, str, str]:
         fp = fingerprint(api_key)
         return f"{self.prefix}:{fp}:slots", f"{self.prefix}:{fp}:blocked", f"{self.prefix}:{fp}:limit"
+
+    def _sent(self, api_key: str) -> str:
+        return f"{self.prefix}:{fingerprint(api_key)}:sent"
+
+    #: Admission counts requests by when their answer came back (never earlier than Richpanel
+    #: counted them), so its margin only covers clocks: one host, or NTP between hosts.
+    ADMIT_MARGIN = 0.05
+
+    def admit(self, api_key: str, now: float | None = None) -> tuple[str | None, float | None]:
+        """Record a request about to be sent now: (member, None); or (None, when it may be)."""
+        now = time.time() if now is None else now
+        _, blocked, limit = self._keys(api_key)
+        member = uuid.uuid4().hex
+        answer = self._admit(keys=[self._sent(api_key), blocked, limit],
+                             args=[repr(now), repr(self.window), self.quota, member, repr(self.ADMIT_MARGIN)])
+        return (member, None) if answer == b"go" else (None, float(answer))
+
+    def answered(self, api_key: str, member: str, at: float | None = None) -> None:
+        """Move an admitted request to the time its answer came back (a conservative send time)."""
+        self.redis.zadd(self._sent(api_key), {member: time.time() if at is None else at}, xx=True)
 
     def reserve(self, api_key: str, now: float | None = None) -> Slot:
         """Book the earliest request slot for ``api_key``; the caller sends at ``slot.at``."""
@@ -126,10 +173,13 @@ class Pacer:
         if remaining is None:
             return 0
         now = time.time() if now is None else now
-        ours = int(self.redis.zcount(slots, now - self.window, now))
+        # Sends are stamped no later than Richpanel saw them, so count a margin further back.
+        ours = int(self.redis.zcount(self._sent(api_key), now - self.window - self.ADMIT_MARGIN, "+inf"))
         phantom = (self.quota_for(api_key) - ours) - remaining
         if phantom <= 0:
             return 0
         phantom = min(phantom, self.quota)
-        self.redis.zadd(slots, {f"phantom:{uuid.uuid4().hex}": now for _ in range(phantom)})
+        phantoms = {f"phantom:{uuid.uuid4().hex}": now for _ in range(phantom)}
+        self.redis.zadd(slots, phantoms)
+        self.redis.zadd(self._sent(api_key), phantoms)
         return phantom

@@ -167,7 +167,8 @@ def _teams(host: Host, api_key: str, which: str) -> list[Team]:
         wait = pacer.reserve(api_key).wait()
         if wait <= MAX_PACING_WAIT:
             time.sleep(wait)
-            wait = 0
+            member, retry_at = pacer.admit(api_key)  # counted among the requests really sent
+            wait = 0 if retry_at is None else retry_at - time.time()
     if wait > 0:
         raise _limited(which, wait)
     try:
