@@ -63,7 +63,8 @@ def main() -> None:
     with uvicorn("opcore_hooks.app:from_env", port, env=env, factory=True):
         wrk(f"http://127.0.0.1:{port}", script, seconds=2, connections=args.connections)
         results["opcore"] = wrk(f"http://127.0.0.1:{port}", script, seconds=args.seconds, connections=args.connections)
-    queued = redis.Redis.from_url(args.redis_url).hlen("opcore:dramatiq:opcore.msgs")
+    r = redis.Redis.from_url(args.redis_url)
+    queued = r.hlen("opcore:dramatiq:opcore.msgs") + r.hlen("opcore:dramatiq:opcore.bulk.msgs")
 
     print(f"machine: {machine()}")
     print(f"wrk: 1 thread, {args.connections} connections, {args.seconds}s per endpoint, one uvicorn process each")

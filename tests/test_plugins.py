@@ -161,3 +161,21 @@ def test_opcore_plugins_lists_the_installed_richpanel_plugin_and_its_hooks(monke
     for hook in ("on_claim_created", "on_claim_status_changed", "widget_context", "validate_credentials",
                  "register_actors", "register_routes"):
         assert hook in line
+
+
+def test_a_store_s_burst_overflows_into_the_bulk_lane_and_is_all_delivered(make_host, run_worker):
+    from opcore_hooks.dispatch import LANE_LIMIT
+
+    host = make_host({"one": Recorder("one")})
+    burst = [claim_created(claim_id=f"burst-{i}") for i in range(LANE_LIMIT + 10)]
+    quiet = claim_created(claim_id="quiet-1", store_id="store_quiet")
+    post(host, *burst, quiet)
+    ns = host.broker.namespace
+    # The quiet store's event stays in the main lane, ahead of the burst's overflow.
+    assert host.redis.hlen(f"{ns}:opcore.msgs") == LANE_LIMIT + 1
+    assert host.redis.hlen(f"{ns}:opcore.bulk.msgs") == 10
+    worker = run_worker(host)
+    wait_for(lambda: len(claims_of(host, "one")) == len(burst) + 1)
+    drain(host, worker)
+    assert sorted(claims_of(host, "one")) == sorted([e["body"]["claim_id"] for e in burst] + ["quiet-1"])
+    assert not host.redis.exists(host.key("inflight", "store_123"))
