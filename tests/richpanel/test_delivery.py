@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -18,7 +17,6 @@ from starlette.testclient import TestClient
 from opcore_hooks.app import create_app
 from opcore_hooks.testing import WEBHOOK_SECRET, approved, claim_created, drain, state_changed, wait_for
 from plugins.richpanel import actors, parking, plugin, session, stores
-from plugins.richpanel.sandbox import SandboxConfig, run_in_thread
 from plugins.richpanel.stores import SettingsUpdate
 
 KEY = "rp_test_DeliveryKey_0001"
@@ -26,26 +24,12 @@ TEAM = "0b5e6a3c-7d1f-4c2a-9e8b-1f2d3c4b5a69"
 STORE = "store_123"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Any]:
-    with run_in_thread(SandboxConfig(quota=None)) as srv:
-        yield srv
-
-
-@pytest.fixture
-def sandbox(server):
-    server.state.reset()
-    server.state.update_config(quota=None, error_rate=0, rate_limit_rate=0, drop_rate=0, latency_ms=(0, 0),
-                               limit_status=429, retry_after_form="seconds", window=30.0)
-    server.state.add_account(KEY, teams=[{"id": TEAM, "name": "Claims"}])
-    return server
-
-
 @pytest.fixture
 def rp(make_host, run_worker, sandbox, monkeypatch):
     """A host running the real Richpanel plugin against the sandbox, store configured."""
     monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", sandbox.url)
     monkeypatch.setenv("OPCORE_RICHPANEL_TIMEOUT_SECONDS", "2")
+    sandbox.state.add_account(KEY, teams=[{"id": TEAM, "name": "Claims"}])
     host = make_host({"richpanel": plugin})
     stores.update(host, STORE, SettingsUpdate(api_key=KEY, default_team_id=TEAM, default_channel="email"))
     sandbox.state.requests.clear()  # the key check above is not delivery

@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from opcore_hooks.app import create_app
 from opcore_hooks.testing import ADMIN_TOKEN
-from plugins.richpanel import plugin, session, stores
+from plugins.richpanel import plugin, session
 from plugins.richpanel.sandbox import SandboxConfig, create_sandbox
 
 KEY = "rp_live_Sup3rSecretKeyValue_a1b2"

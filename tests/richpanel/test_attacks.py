@@ -26,7 +26,7 @@ from opcore_hooks.app import create_app
 from opcore_hooks.signing import sign
 from opcore_hooks.testing import ADMIN_TOKEN, WEBHOOK_SECRET, claim_created, drain, feed, wait_for
 from plugins.richpanel import actors, plugin
-from plugins.richpanel.sandbox import Account, SandboxConfig, run_in_thread
+from plugins.richpanel.sandbox import Account
 
 STORE, OTHER = "store_123", "store_other"
 KEY = "rp_test_AttacksKey_0001"
@@ -228,25 +228,12 @@ def assert_inert(markup: str, allowed_tags: set[str], allowed_href: callable) ->
     assert "<script" not in markup.lower() and "<img" not in markup.lower() and "<svg" not in markup.lower()
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Any]:
-    with run_in_thread(SandboxConfig(quota=None)) as srv:
-        yield srv
-
-
-@pytest.fixture
-def sandbox(server):
-    server.state.reset()
-    server.state.update_config(quota=None, error_rate=0, rate_limit_rate=0, drop_rate=0, latency_ms=(0, 0))
-    server.state.add_account(KEY)
-    return server
-
-
 @pytest.fixture
 def rp(make_host, run_worker, sandbox, monkeypatch):
     """The real plugin with a real worker against the sandbox; the store configured through the API."""
     monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", sandbox.url)
     monkeypatch.setenv("OPCORE_RICHPANEL_TIMEOUT_SECONDS", "2")
+    sandbox.state.add_account(KEY)
     host = make_host({"richpanel": plugin})
     client = TestClient(create_app(host))
     answer = client.put(f"/internal/integrations/richpanel/stores/{STORE}", headers=ADMIN,
