@@ -152,6 +152,7 @@ def dead_letters() -> None:
 @click.option("--store", default=None)
 @click.option("--claim", default=None)
 def dead_letters_list(store: str | None, claim: str | None) -> None:
+    """Each dead letter: its id, store, claim and why it failed."""
     host = _host()
     entries = host.dead_letters.list(store_id=store, claim_id=claim)
     for e in entries:
@@ -163,6 +164,7 @@ def dead_letters_list(store: str | None, claim: str | None) -> None:
 @click.option("--store", default=None)
 @click.option("--claim", default=None)
 def dead_letters_replay(store: str | None, claim: str | None) -> None:
+    """Send the matching dead letters again (all when no filter); a claim never gets a second ticket."""
     host = _host()
     entries = host.dead_letters.list(store_id=store, claim_id=claim)
     for e in entries:
