@@ -1,0 +1,166 @@
+"""The figures of one chaos run, the invariants they must satisfy, and the report printed from them.
+
+Kept apart from the judging code so that a reader (or a test) can see in one place every
+figure the run produces and every condition under which it fails.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ChaosResult:
+    """Every figure of one run; ``ok`` says whether every invariant held."""
+
+    claims: int = 0
+    stores: int = 0
+    events_planned: int = 0
+    events_accepted: int = 0
+    events_duplicate: int = 0
+    events_failed: int = 0  # never accepted before the deadline: a loss at the door
+    send_retries: int = 0  # 503s and connection errors the sender retried
+    tickets: int = 0
+    duplicates: int = 0  # claims with more than one ticket
+    missing: int = 0  # claims with no ticket
+    stray_tickets: int = 0  # tickets for no claim of the run, or in another store's account
+    snoozes_expected: int = 0
+    snoozes_done: int = 0
+    snooze_before_ticket: int = 0
+    unexpected_snoozes: int = 0  # tickets snoozed whose claim never reached a finished state
+    unexpected_writes: int = 0  # requests other than create, snooze, lookups and team checks
+    records_out_of_step: int = 0  # opcore's claim record disagrees with Richpanel once all is quiet
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    unexplained_dead_letters: int = 0
+    dramatiq_dead: int = 0  # messages in Dramatiq's own dead-letter queues (no reason kept)
+    parked: int = 0
+    left_in_queues: int = 0
+    worker_kills: int = 0
+    worker_starts: int = 0
+    redis_restarts: int = 0
+    redis_down_seconds: float = 0.0
+    injected: dict[str, int] = field(default_factory=dict)  # 429, 492, 500, dropped
+    richpanel_requests: dict[str, int] = field(default_factory=dict)
+    widget: dict[str, int] = field(default_factory=dict)
+    widget_claims_missing: int = 0  # claims absent from their customer's panel at the end
+    widget_state_wrong: int = 0  # claims whose panel state is not the last one sent
+    secret_leaks: list[str] = field(default_factory=list)
+    secrets_checked: dict[str, int] = field(default_factory=dict)
+    delivery_stats: dict[str, int] = field(default_factory=dict)
+    ingress_seconds: dict[str, float] = field(default_factory=dict)  # first try to 202/200, retries included
+    ticket_seconds: dict[str, float] = field(default_factory=dict)  # claim.created accepted -> ticket in Richpanel
+    settled: bool = False  # no message left in any queue (nothing more could happen)
+    settle_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    seed: int = 0
+    machine: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        """Each broken invariant with its count; empty when the run passed."""
+        checks = {
+            "events never accepted": self.events_failed,
+            "claims without a ticket": self.missing,
+            "claims with duplicate tickets": self.duplicates,
+            "stray tickets": self.stray_tickets,
+            "finished claims not snoozed": self.snoozes_expected - self.snoozes_done,
+            "snoozes before their ticket": self.snooze_before_ticket,
+            "unexpected snoozes": self.unexpected_snoozes,
+            "unexpected writes to Richpanel": self.unexpected_writes,
+            "opcore records out of step with Richpanel (work dropped)": self.records_out_of_step,
+            "unexplained dead letters": self.unexplained_dead_letters,
+            "messages in Dramatiq's dead-letter queues": self.dramatiq_dead,
+            "parked messages": self.parked,
+            "messages left in queues": self.left_in_queues,
+            "secret leaks": len(self.secret_leaks),
+            "widget answers 5xx": self.widget.get("5xx", 0),
+            "widget attacks not refused": self.widget.get("attack_accepted", 0),
+            "claims missing from the widget": self.widget_claims_missing,
+            "claims with a wrong state in the widget": self.widget_state_wrong,
+        }
+        found = [f"{name}: {count}" for name, count in checks.items() if count]
+        if not self.settled:
+            found.insert(0, "messages were still queued at the deadline")
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every figure plus the verdict, for ``--json``."""
+        return {**asdict(self), "ok": self.ok, "failures": self.failures}
+
+    def report(self) -> str:
+        """The figures as the text the CLI prints and the CI log keeps, ending with the verdict."""
+        lines = self._delivery_lines() + self._fault_lines() + self._timing_lines()
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append("RESULT: " + ("PASS" if self.ok else "FAIL: " + "; ".join(self.failures)))
+        return "\n".join(lines)
+
+    def _delivery_lines(self) -> list[str]:
+        lines = [
+            f"machine: {self.machine}",
+            f"seed: {self.seed}   wall time: {self.wall_seconds:.1f} s (settled {self.settle_seconds:.1f} s after the faults stopped)",
+            f"claims: {self.claims} in {self.stores} stores   events: {self.events_planned} sent, "
+            f"{self.events_accepted} accepted (202), {self.events_duplicate} answered duplicate, "
+            f"{self.events_failed} never accepted, {self.send_retries} retries after 503/connection errors",
+            f"tickets: {self.tickets}   duplicates: {self.duplicates}   missing: {self.missing}   stray: {self.stray_tickets}",
+            f"snoozes: expected {self.snoozes_expected}, done {self.snoozes_done}   before their ticket: "
+            f"{self.snooze_before_ticket}   unexpected: {self.unexpected_snoozes}",
+            f"dead letters: {len(self.dead_letters)} (unexplained {self.unexplained_dead_letters})   "
+            f"Dramatiq DLQ: {self.dramatiq_dead}   parked: {self.parked}   left in queues: {self.left_in_queues}",
+        ]
+        return lines + [f"  dead letter {d['id']}: {d['reason']}" for d in self.dead_letters]
+
+    def _fault_lines(self) -> list[str]:
+        inj = self.injected
+        req = self.richpanel_requests
+        w = self.widget
+        outages = ", ".join(f"{k[7:]}: {v}" for k, v in w.items() if k.startswith("outage_") and k != "outage_other")
+        lines = [
+            f"worker kills: {self.worker_kills} (worker starts {self.worker_starts})   redis restarts: "
+            f"{self.redis_restarts} (down {self.redis_down_seconds:.1f} s)",
+            f"injected by the sandbox: 429 {inj.get('429', 0)}, 492 {inj.get('492', 0)}, 500 {inj.get('500', 0)}, "
+            f"dropped {inj.get('dropped', 0)}",
+            "requests to Richpanel: " + ", ".join(f"{k} {v}" for k, v in sorted(req.items())),
+            f"unexpected writes: {self.unexpected_writes}   opcore records out of step with Richpanel: "
+            f"{self.records_out_of_step}",
+            f"widget: {w.get('ok', 0)} signed panels served, {w.get('refused', 0)} attacks refused, "
+            f"{w.get('attack_accepted', 0)} attacks accepted; while Redis was down {w.get('unavailable', 0)} answered "
+            f"503 JSON and {w.get('outage_other', 0)} something else ({outages or 'none'}); "
+            f"{w.get('5xx', 0)} other 5xx   claims missing from panels: {self.widget_claims_missing}, "
+            f"wrong state: {self.widget_state_wrong}",
+            "secrets checked: " + ", ".join(f"{k} {v}" for k, v in self.secrets_checked.items())
+            + f"   leaks: {len(self.secret_leaks)}",
+        ]
+        return lines + [f"  LEAK: {leak}" for leak in self.secret_leaks]
+
+    def _timing_lines(self) -> list[str]:
+        lines = []
+        if self.ingress_seconds:
+            lines.append("event accepted after (first try to 202, retries included): " + _pcts(self.ingress_seconds))
+        if self.ticket_seconds:
+            lines.append("claim accepted to ticket in Richpanel: " + _pcts(self.ticket_seconds))
+        if self.delivery_stats:
+            lines.append("delivery stats: " + ", ".join(f"{k} {v}" for k, v in sorted(self.delivery_stats.items())))
+        return lines
+
+
+def _pcts(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f} s" for k, v in values.items())
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50, p99 and max by the nearest-rank method (no interpolation: every figure was observed)."""
+    if not samples:
+        return {}
+    ordered = sorted(samples)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(math.ceil(q * len(ordered))) - 1)]
+
+    return {"p50": pick(0.50), "p99": pick(0.99), "max": ordered[-1]}
