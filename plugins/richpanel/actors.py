@@ -91,6 +91,13 @@ class Delivery:
     def count(self, stat: str, by: int = 1) -> None:
         self.redis.hincrby(self.host.key(NAME, "stats"), stat, by)
 
+    def record(self, claim_key: str, fields: dict[str, str], stat: str) -> None:
+        """Write an outcome and count it in one transaction, so the counts never drift from it."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(claim_key, mapping=fields)
+        pipe.hincrby(self.host.key(NAME, "stats"), stat, 1)
+        pipe.execute()
+
     def stats(self) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in self.redis.hgetall(self.host.key(NAME, "stats")).items()}
 
@@ -215,8 +222,7 @@ class Delivery:
                 existing = next((t for t in found if tickets.is_ticket_for(t, url)), None)
                 if existing is not None:
                     ticket_id = str(existing.get("id"))
-                    self.redis.hset(key, mapping={"ticket_id": ticket_id, "pending": "0"})
-                    self.count("adopted")
+                    self.record(key, {"ticket_id": ticket_id, "pending": "0"}, "adopted")
                     return ticket_id
                 self.redis.hset(key, "pending", "0")
                 step = "create"
@@ -242,8 +248,7 @@ class Delivery:
         except RichpanelError as exc:  # server errors and transport failures: the outcome is unknown
             self.transient(actor, args, attempt, exc, store_id, claim.claim_id)
             return None
-        self.redis.hset(key, mapping={"ticket_id": ticket_id, "pending": "0", "created_at": repr(time.time())})
-        self.count("tickets")
+        self.record(key, {"ticket_id": ticket_id, "pending": "0", "created_at": repr(time.time())}, "tickets")
         return ticket_id
 
     def after_create(self, store_id: str, claim_id: str) -> None:
@@ -293,8 +298,7 @@ class Delivery:
             except RichpanelError as exc:
                 self.transient(actor, args, attempt, exc, store_id, claim_id)
                 return
-            self.redis.hset(key, mapping={"snooze": "done", "snoozed_at": repr(time.time())})
-            self.count("snoozes")
+            self.record(key, {"snooze": "done", "snoozed_at": repr(time.time())}, "snoozes")
 
 
 # -- what the plugin's hooks call ------------------------------------------------------------
