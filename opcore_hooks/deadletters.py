@@ -7,7 +7,6 @@ fixed. Entries are keyed by (actor, claim) so the same failure recorded twice is
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -77,6 +76,3 @@ class DeadLetters:
     def count(self) -> int:
         return int(self.redis.zcard(self.index))
 
-
-def dump(entries: list[DeadLetter]) -> str:
-    return json.dumps([e.model_dump() for e in entries], indent=2)

@@ -174,14 +174,18 @@ class Delivery:
         log.error("richpanel: %s for claim %s of store %s is a dead letter: %s", actor.actor_name, claim_id, store_id, reason)
         self.host.dead_letters.add(actor.actor_name, args, reason=reason, store_id=store_id, claim_id=claim_id)
 
-    def usable_key(self, actor: dramatiq.Actor, args: list[Any], store_id: str) -> str | None:
-        """The store's key, or None after parking the work (store disconnected or key rejected)."""
+    def park(self, actor: dramatiq.Actor, args: list[Any], store_id: str) -> None:
+        parking.park(self.host, store_id, actor.actor_name, args)
+        self.count("parked")
+
+    def usable_config(self, actor: dramatiq.Actor, args: list[Any], store_id: str) -> stores.StoreConfig | None:
+        """The store's settings with a usable key, or None after parking the work (store
+        disconnected or key rejected)."""
         config = stores.load(self.host, store_id)
         if config is None or not config.enabled or config.api_key is None or config.credentials == "invalid":
-            parking.park(self.host, store_id, actor.actor_name, args)
-            self.count("parked")
+            self.park(actor, args, store_id)
             return None
-        return config.api_key.get_secret_value()
+        return config
 
     # -- actors --------------------------------------------------------------------------
     def create_ticket(self, store_id: str, claim: dict[str, Any], slot: float | None = None, attempt: int = 0) -> None:
@@ -191,28 +195,25 @@ class Delivery:
             self._send(again.actor, again.args, again.kwargs, again.delay)
 
     def _create(self, store_id: str, claim: ClaimCreated, args: list[Any], slot: float | None, attempt: int) -> None:
-        actor, key = self.create_actor, self.claim_key(store_id, claim.claim_id)
         if self.ticket_id(store_id, claim.claim_id):
             self.after_create(store_id, claim.claim_id)
             return
-        api_key = self.usable_key(actor, args, store_id)
-        if api_key is None:
+        config = self.usable_config(self.create_actor, args, store_id)
+        if config is None:
             return
         with self.claim_lock(store_id, claim.claim_id) as locked:
             if not locked:
-                self.reschedule(actor, args, delay=BUSY_RETRY_SECONDS, attempt=attempt, stat="lock_waits")
-            if self.ticket_id(store_id, claim.claim_id):
-                ticket_id = None
-            else:
-                ticket_id = self._create_locked(store_id, claim, args, api_key, slot, attempt, key)
-        if ticket_id is not None or self.ticket_id(store_id, claim.claim_id):
+                self.reschedule(self.create_actor, args, delay=BUSY_RETRY_SECONDS, attempt=attempt, stat="lock_waits")
+            ticket_id = self.ticket_id(store_id, claim.claim_id) or self._create_locked(
+                store_id, claim, args, config, slot, attempt)
+        if ticket_id is not None:
             self.after_create(store_id, claim.claim_id)
 
-    def _create_locked(self, store_id: str, claim: ClaimCreated, args: list[Any], api_key: str,
-                       slot: float | None, attempt: int, key: str) -> str | None:
-        actor = self.create_actor
+    def _create_locked(self, store_id: str, claim: ClaimCreated, args: list[Any], config: stores.StoreConfig,
+                       slot: float | None, attempt: int) -> str | None:
+        actor, key = self.create_actor, self.claim_key(store_id, claim.claim_id)
+        api_key = config.api_key.get_secret_value()
         url = self.host.claim_url(claim.claim_id)
-        config = stores.load(self.host, store_id)
         self.take_turn(actor, args, api_key, slot, attempt)
         step = "lookup" if self.redis.hget(key, "pending") == b"1" else "create"
         try:
@@ -238,8 +239,7 @@ class Delivery:
                             slot=blocked)
         except AuthError as exc:
             stores.mark_invalid(self.host, store_id, str(exc), api_key=api_key)
-            parking.park(self.host, store_id, actor.actor_name, args)
-            self.count("parked")
+            self.park(actor, args, store_id)
             return None
         except ClientError as exc:
             self.redis.hset(key, "pending", "0")
@@ -258,7 +258,7 @@ class Delivery:
     def request_snooze(self, store_id: str, claim_id: str) -> None:
         config = stores.load(self.host, store_id)
         if config is None or config.api_key is None:
-            parking.park(self.host, store_id, self.snooze_actor.actor_name, [store_id, claim_id])
+            self.park(self.snooze_actor, [store_id, claim_id], store_id)
             return
         self.schedule(self.snooze_actor, [store_id, claim_id], config.api_key.get_secret_value())
 
@@ -273,9 +273,10 @@ class Delivery:
         ticket_id = self.ticket_id(store_id, claim_id)
         if ticket_id is None or self.redis.hget(key, "snooze") == b"done":
             return  # never before the ticket exists; the create path sends it then
-        api_key = self.usable_key(actor, args, store_id)
-        if api_key is None:
+        config = self.usable_config(actor, args, store_id)
+        if config is None:
             return
+        api_key = config.api_key.get_secret_value()
         with self.claim_lock(store_id, claim_id) as locked:
             if not locked:
                 self.reschedule(actor, args, delay=BUSY_RETRY_SECONDS, attempt=attempt, stat="lock_waits")
@@ -290,7 +291,7 @@ class Delivery:
                                 stat="rate_limit_waits", slot=blocked)
             except AuthError as exc:
                 stores.mark_invalid(self.host, store_id, str(exc), api_key=api_key)
-                parking.park(self.host, store_id, actor.actor_name, args)
+                self.park(actor, args, store_id)
                 return
             except ClientError as exc:
                 self.dead(actor, args, store_id, claim_id, f"Richpanel refused the snooze: {exc}")
@@ -320,7 +321,7 @@ def claim_created(host: Host, claim: ClaimCreated) -> None:
     delivery = delivery_for(host)
     args = [claim.store_id, claim.model_dump(mode="json")]
     if config.api_key is None or config.credentials == "invalid":
-        parking.park(host, claim.store_id, delivery.create_actor.actor_name, args)
+        delivery.park(delivery.create_actor, args, claim.store_id)
         return
     delivery.schedule(delivery.create_actor, args, config.api_key.get_secret_value())
 
