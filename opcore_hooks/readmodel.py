@@ -61,56 +61,79 @@ return 1
 """
 
 
-# Record a created claim in one step, so a state change arriving meanwhile is never lost:
-# keep a state already recorded for it, else take a parked (earlier-arrived) state when it is
-# not older than the creation, then index the claim and drop the parked change.
-_SET_CLAIM = _SAME + """
-local view = cjson.decode(ARGV[2])
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if raw then
-  local old = cjson.decode(raw)
-  view['claim_state'] = old['claim_state']
-  view['state_at'] = old['state_at'] or ''
-else
-  view['state_at'] = ARGV[3]
-  local parked = redis.call('GET', KEYS[3])
-  if parked then
-    local p = cjson.decode(parked)
-    if (p['state_at'] or '') >= ARGV[3] then
-      view['claim_state'] = p['claim_state']
-      view['state_at'] = p['state_at'] or ''
+# The writes as Lua functions, so a claim, its customer's profile and its order are recorded
+# in one round trip (_RECORD_CLAIM) by the very code that records each alone.
+#
+# set_claim records a created claim in one step, so a state change arriving meanwhile is never
+# lost: keep a state already recorded for it, else take a parked (earlier-arrived) state when
+# it is not older than the creation, then index the claim and drop the parked change.
+# set_order writes an order snapshot unless one from a later event is already recorded;
+# snapshots are compared as the bytes Python wrote, which json.dumps keeps in a stable key order.
+# set_profile updates the profile fields that differ (pairs from ARGV[first]); the version is
+# bumped only if one did.
+_WRITES = _SAME + """
+local function set_claim(claims, index, parked_key, version, claim_id, view_json, at, email)
+  local view = cjson.decode(view_json)
+  local raw = redis.call('HGET', claims, claim_id)
+  if raw then
+    local old = cjson.decode(raw)
+    view['claim_state'] = old['claim_state']
+    view['state_at'] = old['state_at'] or ''
+  else
+    view['state_at'] = at
+    local parked = redis.call('GET', parked_key)
+    if parked then
+      local p = cjson.decode(parked)
+      if (p['state_at'] or '') >= at then
+        view['claim_state'] = p['claim_state']
+        view['state_at'] = p['state_at'] or ''
+      end
     end
   end
+  redis.call('SET', index, email)
+  redis.call('DEL', parked_key)
+  if raw and same(cjson.decode(raw), view) then return 0 end
+  redis.call('HSET', claims, claim_id, cjson.encode(view))
+  redis.call('INCR', version)
+  return 1
 end
-redis.call('SET', KEYS[2], ARGV[4])
-redis.call('DEL', KEYS[3])
-if raw and same(cjson.decode(raw), view) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(view))
-redis.call('INCR', KEYS[4])
-return 1
-"""
 
-# Write an order snapshot unless one from a later event is already recorded. Snapshots are
-# compared as the bytes Python wrote, which json.dumps keeps in a stable key order.
-_SET_ORDER = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if raw and (raw == ARGV[2] or (cjson.decode(raw)['seen_at'] or '') > ARGV[3]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('INCR', KEYS[2])
-return 1
-"""
+local function set_order(orders, version, ident, row, at)
+  local raw = redis.call('HGET', orders, ident)
+  if raw and (raw == row or (cjson.decode(raw)['seen_at'] or '') > at) then return 0 end
+  redis.call('HSET', orders, ident, row)
+  redis.call('INCR', version)
+  return 1
+end
 
-# Update the profile fields that differ; bump the version only if one did.
-_SET_PROFILE = """
-local changed = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    changed = 1
+local function set_profile(profile, version, args, first)
+  local changed = 0
+  for i = first, #args, 2 do
+    if redis.call('HGET', profile, args[i]) ~= args[i + 1] then
+      redis.call('HSET', profile, args[i], args[i + 1])
+      changed = 1
+    end
   end
+  if changed == 1 then redis.call('INCR', version) end
+  return changed
 end
-if changed == 1 then redis.call('INCR', KEYS[2]) end
-return changed
+"""
+
+_SET_ORDER = _WRITES + "return set_order(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
+_SET_PROFILE = _WRITES + "return set_profile(KEYS[1], KEYS[2], ARGV, 1)"
+
+# KEYS: claims, claim index, parked state, version, profile, orders.
+# ARGV: claim id, claim view, event time, email, order ident ('' for none), order row, profile pairs...
+# Returns how many claims and orders the customer has, for the trim.
+_RECORD_CLAIM = _WRITES + """
+set_claim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+set_profile(KEYS[5], KEYS[4], ARGV, 7)
+local orders = 0
+if ARGV[5] ~= '' then
+  set_order(KEYS[6], KEYS[4], ARGV[5], ARGV[6], ARGV[3])
+  orders = redis.call('HLEN', KEYS[6])
+end
+return {redis.call('HLEN', KEYS[1]), orders}
 """
 
 
@@ -204,7 +227,7 @@ class ReadModel:
         self.prefix = prefix
         self.settings = settings
         self._set_state = client.register_script(_SET_STATE)
-        self._set_claim = client.register_script(_SET_CLAIM)
+        self._record_claim = client.register_script(_RECORD_CLAIM)
         self._set_order = client.register_script(_SET_ORDER)
         self._set_profile = client.register_script(_SET_PROFILE)
         self._read = client.register_script(_READ)
@@ -222,6 +245,7 @@ class ReadModel:
 
     # -- writes --------------------------------------------------------------------------
     def record_claim(self, claim: ClaimCreated, event_time: datetime | None) -> None:
+        """Record the claim, its customer and its order in one round trip (_RECORD_CLAIM)."""
         email = claim.customer.email.lower()
         order_number = claim.order.order_number if claim.order else None
         view = ClaimView(
@@ -233,20 +257,19 @@ class ReadModel:
             created_at=_utc(claim.created_at or event_time),
             claim_url=self.settings.claim_url(claim.claim_id),
         )
-        claims_key = self._k(claim.store_id, email, "claims")
-        self._set_claim(
-            keys=[
-                claims_key,
-                self._k(claim.store_id, "claim", claim.claim_id),
-                self._k(claim.store_id, "parked", claim.claim_id),
-                self.version_key(claim.store_id, email),
-            ],
-            args=[claim.claim_id, view.model_dump_json(), _iso(event_time), email],
+        store, version = claim.store_id, self.version_key(claim.store_id, email)
+        claims_key, orders_key = self._k(store, email, "claims"), self._k(store, email, "orders")
+        ident, row = self._order_row(claim.order, event_time) if claim.order is not None else ("", "")
+        counts = self._record_claim(
+            keys=[claims_key, self._k(store, "claim", claim.claim_id), self._k(store, "parked", claim.claim_id),
+                  version, self._k(store, email, "profile"), orders_key],
+            args=[claim.claim_id, view.model_dump_json(), _iso(event_time), email, ident, row,
+                  *self._profile_pairs(claim.customer)],
         )
-        self._record_customer(claim.store_id, claim.customer)
-        if claim.order is not None:
-            self._record_order(claim.store_id, email, claim.order, event_time)
-        self._trim(claims_key, "created_at", self.version_key(claim.store_id, email))
+        if int(counts[0]) > CAP:
+            self._trim(claims_key, "created_at", version)
+        if int(counts[1]) > CAP:
+            self._trim(orders_key, "placed_at", version)
 
     def record_state(self, change: ClaimStatusChanged, event_time: datetime | None) -> bool:
         """Apply a state change; False when it is older than what is recorded.
@@ -273,14 +296,20 @@ class ReadModel:
         self._record_customer(event.store_id, event.customer)
         self._record_order(event.store_id, event.customer.email.lower(), event.order, event_time)
 
-    def _record_customer(self, store_id: str, customer: Customer) -> None:
+    @staticmethod
+    def _profile_pairs(customer: Customer) -> list[str]:
         fields = {k: v for k, v in customer.model_dump(include={"first_name", "last_name", "phone"}).items() if v}
         fields["email"] = customer.email or ""
+        return [part for pair in fields.items() for part in pair]
+
+    def _record_customer(self, store_id: str, customer: Customer) -> None:
         email = customer.email.lower()
         self._set_profile(keys=[self._k(store_id, email, "profile"), self.version_key(store_id, email)],
-                          args=[part for pair in fields.items() for part in pair])
+                          args=self._profile_pairs(customer))
 
-    def _record_order(self, store_id: str, email: str, order: Order, event_time: datetime | None) -> None:
+    @staticmethod
+    def _order_row(order: Order, event_time: datetime | None) -> tuple[str, str]:
+        """The order's field in the customer's orders hash, and its snapshot there."""
         view = OrderView(
             order_number=order.order_number,
             placed_at=_utc(order.placed_at),
@@ -288,11 +317,13 @@ class ReadModel:
             total=order.total,
             items=[ItemView(item_name=li.item_name, quantity=li.quantity) for li in order.line_items],
         )
-        key = self._k(store_id, email, "orders")
         ident = order.order_number or _iso(order.placed_at) or "unknown"
-        row = {**view.model_dump(mode="json"), "seen_at": _iso(event_time)}
-        version = self.version_key(store_id, email)
-        self._set_order(keys=[key, version], args=[ident, json.dumps(row), _iso(event_time)])
+        return ident, json.dumps({**view.model_dump(mode="json"), "seen_at": _iso(event_time)})
+
+    def _record_order(self, store_id: str, email: str, order: Order, event_time: datetime | None) -> None:
+        key, version = self._k(store_id, email, "orders"), self.version_key(store_id, email)
+        ident, row = self._order_row(order, event_time)
+        self._set_order(keys=[key, version], args=[ident, row, _iso(event_time)])
         self._trim(key, "placed_at", version)
 
     def _trim(self, key: str, by: str, version: str) -> None:

@@ -2,8 +2,8 @@
 
 Guarantees, and where they hold:
 
-- **One ticket per claim.** A per-claim record in Redis holds the ticket id once known, and a
-  ``pending`` flag is set *before* every ``POST /v1/tickets``. A later attempt that finds
+- **One ticket per claim.** A per-claim record in Redis (``ledger.py``) holds the ticket id
+  once known, and a ``pending`` flag is set *before* every ``POST /v1/tickets``. A later attempt that finds
   ``pending`` set (the worker died, the answer was lost, a 5xx came back after Richpanel may
   have acted) first looks the customer's tickets up by email and adopts the one that carries
   this claim's link, and only creates when none does. A per-claim lock keeps duplicate
@@ -17,18 +17,20 @@ Guarantees, and where they hold:
   delayed message, so Dramatiq's retry budget is never spent on waiting); 400/404/413 go to
   the dead letters with the reason; a 401 marks the key invalid and parks the work until a
   valid key is saved.
+
+A new claim's first turn runs right in the thread that dispatched the event: a second
+Dramatiq message per ticket would cost more than the ticket's own work. Only what must wait
+(a paced slot, a held lock, a retry) becomes a message for the create or snooze actor.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import secrets
-import threading
 import time
 import weakref
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import dramatiq
 
@@ -36,32 +38,52 @@ from opcore_hooks import ClaimCreated, ClaimStatusChanged, Host
 
 from . import parking, session, stores, tickets
 from .client import AuthError, ClientError, RateLimited, RichpanelClient, RichpanelError
+from .ledger import EPSILON, Kind, Ledger, Turn, snapshot
 
 log = logging.getLogger("opcore.richpanel")
 
 NAME = "richpanel"
-#: A slot this close is taken now rather than rescheduled: the delay queue's own latency is larger.
-EPSILON = 0.05
 #: Transient failures (5xx, timeouts, lost connections) before the work becomes a dead letter.
 MAX_ATTEMPTS = 15
 BUSY_RETRY_SECONDS = 2.0
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 _deliveries: weakref.WeakKeyDictionary[Host, Delivery] = weakref.WeakKeyDictionary()
 
 
-class Rescheduled(Exception):
-    """Internal: this run is over; the actor's entry point sends the message again for later,
-    once the claim lock is released (sent under the lock, a message due at once can reach
-    another thread before the release and lose BUSY_RETRY_SECONDS to the lock)."""
+@dataclass(frozen=True)
+class Job:
+    """One piece of delivery work: create a claim's ticket, or snooze it."""
 
-    def __init__(self, actor: dramatiq.Actor, args: list[Any], kwargs: dict[str, Any], delay: float) -> None:
+    kind: Kind
+    store_id: str
+    claim_id: str
+    slot: float | None = None
+    attempt: int = 0
+    claim: ClaimCreated | None = None
+    raw: dict[str, Any] | None = None
+
+    @property
+    def args(self) -> list[Any]:
+        """The actor's positional arguments, as a message or a parked entry carries them."""
+        if self.kind == "snooze":
+            return [self.store_id, self.claim_id]
+        assert self.claim is not None
+        return [self.store_id, self.raw if self.raw is not None else self.claim.model_dump(mode="json")]
+
+
+class Rescheduled(Exception):
+    """Internal: this run is over; ``run`` sends the job again for later, once the claim lock
+    is released (sent under the lock, a message due at once can reach another thread before
+    the release and lose BUSY_RETRY_SECONDS to the lock)."""
+
+    def __init__(self, job: Job, delay: float) -> None:
         super().__init__()
-        self.actor, self.args, self.kwargs, self.delay = actor, args, kwargs, delay
+        self.job, self.delay = job, delay
+
+
+def _usable(config: stores.StoreConfig | None) -> bool:
+    return (config is not None and config.enabled and config.api_key is not None
+            and config.credentials != "invalid")
 
 
 class Delivery:
@@ -71,83 +93,184 @@ class Delivery:
         self.host = host
         self.redis = host.redis
         self.pacer = session.pacer_for(host)
-        self._admitted = threading.local()
         # Held across at most a lookup and a create, each bounded by the request timeout; a
         # killed worker's lock must not hold its claim back much longer than that.
-        self.lock_ms = int((2 * session.settings_of(host).timeout_seconds + 5) * 1000)
-        self._release = host.redis.register_script(_RELEASE)
+        lock_ms = int((2 * session.settings_of(host).timeout_seconds + 5) * 1000)
+        self.ledger = Ledger(host, self.pacer, lock_ms)
+        #: Each store's settings as this process last read them, with their snapshot; taking a
+        #: turn checks the snapshot against Redis, so a change is seen at the next request.
+        self._stores: dict[str, tuple[str, stores.StoreConfig | None]] = {}
         options = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000, "on_retry_exhausted": "opcore.exhausted"}
         self.create_actor = host.actor(self.create_ticket, plugin=NAME, **options)
         self.snooze_actor = host.actor(self.snooze_ticket, plugin=NAME, **options)
+        self._actors = {"create": self.create_actor, "snooze": self.snooze_actor}
 
     # -- state ---------------------------------------------------------------------------
     def claim_key(self, store_id: str, claim_id: str) -> str:
-        return self.host.key(NAME, "claim", store_id, claim_id)
+        return self.ledger.claim_key(store_id, claim_id)
 
     def ticket_id(self, store_id: str, claim_id: str) -> str | None:
-        raw = self.redis.hget(self.claim_key(store_id, claim_id), "ticket_id")
-        return raw.decode() if raw else None
+        return self.ledger.ticket_id(store_id, claim_id)
 
     def count(self, stat: str, by: int = 1) -> None:
         self.redis.hincrby(self.host.key(NAME, "stats"), stat, by)
 
-    def record(self, claim_key: str, fields: dict[str, str], stat: str) -> None:
-        """Write an outcome and count it in one transaction, so the counts never drift from it."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(claim_key, mapping=fields)
-        pipe.hincrby(self.host.key(NAME, "stats"), stat, 1)
-        pipe.execute()
-
     def stats(self) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in self.redis.hgetall(self.host.key(NAME, "stats")).items()}
 
-    @contextmanager
-    def claim_lock(self, store_id: str, claim_id: str) -> Iterator[bool]:
-        key = self.host.key(NAME, "lock", store_id, claim_id)
-        token = secrets.token_hex(8)
-        got = bool(self.redis.set(key, token, nx=True, px=self.lock_ms))
+    def store(self, store_id: str, *, fresh: bool = False) -> tuple[str, stores.StoreConfig | None]:
+        """The store's settings (key decrypted) and their snapshot; from this process's cache
+        unless ``fresh``. None when the store never configured Richpanel."""
+        cached = None if fresh else self._stores.get(store_id)
+        return cached or self._remember(store_id, stores.stored_fields(self.host, store_id))
+
+    def _remember(self, store_id: str, fields: dict[str, str]) -> tuple[str, stores.StoreConfig | None]:
+        entry = (snapshot(fields), stores.from_fields(self.host, store_id, fields) if fields else None)
+        self._stores[store_id] = entry
+        return entry
+
+    # -- actors --------------------------------------------------------------------------
+    def create_ticket(self, store_id: str, claim: dict[str, Any], slot: float | None = None, attempt: int = 0) -> None:
+        model = ClaimCreated.model_validate(claim)
+        self.run(Job("create", store_id, model.claim_id, slot, attempt, model, claim))
+
+    def snooze_ticket(self, store_id: str, claim_id: str, slot: float | None = None, attempt: int = 0) -> None:
+        self.run(Job("snooze", store_id, claim_id, slot, attempt))
+
+    def request_snooze(self, store_id: str, claim_id: str) -> None:
+        self.run(Job("snooze", store_id, claim_id))
+
+    def run(self, job: Job) -> None:
+        """Take one turn at ``job``; what must happen later is sent as a new message."""
         try:
-            yield got
-        finally:
-            if got:
-                self._release(keys=[key], args=[token])
+            self._run(job)
+        except Rescheduled as again:
+            actor, later = self._actors[again.job.kind], again.job
+            kwargs = {"slot": later.slot, "attempt": later.attempt}
+            if again.delay > EPSILON:
+                actor.send_with_options(args=tuple(later.args), kwargs=kwargs, delay=int(again.delay * 1000) + 1)
+            else:
+                actor.send_with_options(args=tuple(later.args), kwargs=kwargs)
 
-    # -- scheduling ----------------------------------------------------------------------
-    def schedule(self, actor: dramatiq.Actor, args: list[Any], api_key: str, *, attempt: int = 0) -> None:
-        """Reserve the key's next slot and send ``actor`` to run at it."""
-        slot = self.pacer.reserve(api_key)
-        self._send(actor, args, {"slot": slot.at, "attempt": attempt}, slot.wait())
-
-    def _send(self, actor: dramatiq.Actor, args: list[Any], kwargs: dict[str, Any], delay: float) -> None:
-        if delay > EPSILON:
-            actor.send_with_options(args=tuple(args), kwargs=kwargs, delay=int(delay * 1000) + 1)
+    def _run(self, job: Job) -> None:
+        for _ in range(3):
+            snap, config = self.store(job.store_id)
+            if not _usable(config):
+                snap, config = self.store(job.store_id, fresh=True)
+                if not _usable(config):
+                    self._unusable(job)
+                    return
+            assert config is not None and config.api_key is not None
+            turn = self.ledger.begin(job.kind, job.store_id, job.claim_id, config.api_key.get_secret_value(),
+                                     snap, job.slot)
+            if turn.outcome != "stale":
+                break
+            assert turn.fields is not None
+            self._remember(job.store_id, turn.fields)
         else:
-            actor.send_with_options(args=tuple(args), kwargs=kwargs)
+            raise RuntimeError(f"the Richpanel settings of store {job.store_id} kept changing; retrying later")
+        if turn.outcome == "ticket":  # created already: only a wanted snooze is left
+            if turn.snooze == "wanted":
+                self.request_snooze(job.store_id, job.claim_id)
+            return
+        if turn.outcome == "skip":
+            return
+        if turn.outcome == "busy":
+            self.reschedule(job, delay=BUSY_RETRY_SECONDS, stat="lock_waits")
+        if turn.outcome == "wait":
+            assert turn.at is not None
+            self.count("paced_waits")
+            raise Rescheduled(replace(job, slot=turn.at), turn.at - time.time())
+        try:
+            snooze = self._create(job, config, turn) if job.kind == "create" else self._snooze(job, turn)
+        finally:
+            if not turn.finished:
+                self.ledger.finish(job.store_id, job.claim_id, turn)
+        if snooze == "wanted":
+            self.request_snooze(job.store_id, job.claim_id)
 
-    def reschedule(self, actor: dramatiq.Actor, args: list[Any], *, delay: float, attempt: int, stat: str,
-                   slot: float | None = None) -> None:
-        self.count(stat)
-        raise Rescheduled(actor, args, {"slot": slot, "attempt": attempt}, delay)
+    def _unusable(self, job: Job) -> None:
+        """No usable key (store disconnected, or its key rejected): park what is still to do."""
+        ticket_id, snooze = (v.decode() if v else None for v in self.redis.hmget(
+            self.claim_key(job.store_id, job.claim_id), "ticket_id", "snooze"))
+        if job.kind == "create" and ticket_id is not None:
+            if snooze == "wanted":
+                self.request_snooze(job.store_id, job.claim_id)
+            return
+        if job.kind == "snooze" and (ticket_id is None or snooze == "done"):
+            return
+        self.park(job)
 
-    def take_turn(self, actor: dramatiq.Actor, args: list[Any], api_key: str, slot: float | None, attempt: int) -> None:
-        """Return when this message may send a request now; otherwise reschedule it.
+    # -- the requests ----------------------------------------------------------------------
+    def _create(self, job: Job, config: stores.StoreConfig, turn: Turn) -> str | None:
+        """Create (or adopt) the claim's ticket; returns the claim's snooze field once recorded."""
+        claim, ledger, api_key = job.claim, self.ledger, turn.api_key
+        assert claim is not None
+        url = self.host.claim_url(claim.claim_id)
+        step = "lookup" if turn.pending else "create"
+        try:
+            if step == "lookup":
+                self.count("lookups")
+                found = self.call(api_key, lambda c: c.find_tickets_by_email(claim.customer.email))
+                existing = next((t for t in found if tickets.is_ticket_for(t, url)), None)
+                if existing is not None:
+                    return ledger.finish(job.store_id, job.claim_id, turn,
+                                         {"ticket_id": str(existing.get("id")), "pending": "0"}, "adopted")
+                self._next_request(job, turn)
+                step = "create"
+            body = tickets.build_ticket(claim, url, channel=config.default_channel, team_id=config.default_team_id)
+            ticket_id = self.call(api_key, lambda c: c.create_ticket(body))
+        except RateLimited:
+            if step == "create":  # a rate-limited request was not processed
+                ledger.finish(job.store_id, job.claim_id, turn, {"pending": "0"})
+            blocked = self.pacer.blocked_until(api_key)
+            self.reschedule(replace(job, slot=blocked), delay=blocked - time.time(), stat="rate_limit_waits")
+        except AuthError as exc:
+            stores.mark_invalid(self.host, job.store_id, str(exc), api_key=api_key)
+            self.park(job)
+            return None
+        except ClientError as exc:
+            ledger.finish(job.store_id, job.claim_id, turn, {"pending": "0"})
+            self.dead(job, f"Richpanel refused the ticket: {exc}")
+            return None
+        except RichpanelError as exc:  # server errors and transport failures: the outcome is unknown
+            self.transient(job, exc)
+            return None
+        return ledger.finish(job.store_id, job.claim_id, turn,
+                             {"ticket_id": ticket_id, "pending": "0", "created_at": repr(time.time())}, "tickets")
 
-        The slot booked at scheduling time brings the message back at about the right time;
-        the request itself is admitted against the requests really sent in the window (and
-        any Retry-After block), so a late run never makes the next window start early, and a
-        refused message keeps its place instead of going behind the whole backlog.
-        """
-        now = time.time()
-        if slot is None:
-            slot = self.pacer.reserve(api_key, now).at
-        if slot - now <= EPSILON:
-            member, retry_at = self.pacer.admit(api_key, now)
-            if member is not None:
-                self._admitted.member = member
-                return
-            slot = retry_at
-        self.count("paced_waits")
-        raise Rescheduled(actor, args, {"slot": slot, "attempt": attempt}, slot - now)
+    def _next_request(self, job: Job, turn: Turn) -> None:
+        """After a lookup found nothing: clear ``pending`` and be admitted for the create."""
+        self.pacer.answered(turn.api_key, turn.member)
+        self.ledger.set(job.store_id, job.claim_id, pending="0")
+        turn.member, retry_at = self.pacer.admit(turn.api_key)
+        if turn.member is None:
+            turn.member = ""
+            assert retry_at is not None
+            self.count("paced_waits")
+            raise Rescheduled(replace(job, slot=retry_at), retry_at - time.time())
+        self.ledger.set(job.store_id, job.claim_id, pending="1")
+
+    def _snooze(self, job: Job, turn: Turn) -> None:
+        api_key, ticket_id = turn.api_key, turn.ticket_id
+        assert ticket_id is not None
+        try:
+            self.call(api_key, lambda c: c.snooze_ticket(ticket_id))
+        except RateLimited:
+            blocked = self.pacer.blocked_until(api_key)
+            self.reschedule(replace(job, slot=blocked), delay=blocked - time.time(), stat="rate_limit_waits")
+        except AuthError as exc:
+            stores.mark_invalid(self.host, job.store_id, str(exc), api_key=api_key)
+            self.park(job)
+            return
+        except ClientError as exc:
+            self.dead(job, f"Richpanel refused the snooze: {exc}")
+            return
+        except RichpanelError as exc:
+            self.transient(job, exc)
+            return
+        self.ledger.finish(job.store_id, job.claim_id, turn, {"snooze": "done", "snoozed_at": repr(time.time())},
+                           "snoozes")
 
     def call(self, api_key: str, request: Callable[[RichpanelClient], Any]) -> Any:
         try:
@@ -155,151 +278,29 @@ class Delivery:
         except RateLimited:
             self.count("rate_limited")
             raise
-        finally:
-            member, self._admitted.member = getattr(self._admitted, "member", None), None
-            if member is not None:
-                self.pacer.answered(api_key, member)
 
-    def transient(self, actor: dramatiq.Actor, args: list[Any], attempt: int, exc: RichpanelError,
-                  store_id: str, claim_id: str) -> None:
+    # -- outcomes other than success -------------------------------------------------------
+    def reschedule(self, job: Job, *, delay: float, stat: str) -> None:
+        self.count(stat)
+        raise Rescheduled(job, delay)
+
+    def transient(self, job: Job, exc: RichpanelError) -> None:
         """5xx, timeout or lost connection: back off with jitter, or give up into dead letters."""
-        if attempt + 1 >= MAX_ATTEMPTS:
-            self.dead(actor, args, store_id, claim_id, f"gave up after {attempt + 1} attempts: {exc}")
+        if job.attempt + 1 >= MAX_ATTEMPTS:
+            self.dead(job, f"gave up after {job.attempt + 1} attempts: {exc}")
             return
-        delay = min(2.0 ** attempt, 600.0) * random.uniform(0.5, 1.0)
-        self.reschedule(actor, args, delay=delay, attempt=attempt + 1, stat="transient_retries")
+        delay = min(2.0 ** job.attempt, 600.0) * random.uniform(0.5, 1.0)
+        self.reschedule(replace(job, slot=None, attempt=job.attempt + 1), delay=delay, stat="transient_retries")
 
-    def dead(self, actor: dramatiq.Actor, args: list[Any], store_id: str, claim_id: str, reason: str) -> None:
+    def dead(self, job: Job, reason: str) -> None:
+        actor = self._actors[job.kind].actor_name
         self.count("dead_letters")
-        log.error("richpanel: %s for claim %s of store %s is a dead letter: %s", actor.actor_name, claim_id, store_id, reason)
-        self.host.dead_letters.add(actor.actor_name, args, reason=reason, store_id=store_id, claim_id=claim_id)
+        log.error("richpanel: %s for claim %s of store %s is a dead letter: %s", actor, job.claim_id, job.store_id, reason)
+        self.host.dead_letters.add(actor, job.args, reason=reason, store_id=job.store_id, claim_id=job.claim_id)
 
-    def park(self, actor: dramatiq.Actor, args: list[Any], store_id: str) -> None:
-        parking.park(self.host, store_id, actor.actor_name, args)
+    def park(self, job: Job) -> None:
+        parking.park(self.host, job.store_id, self._actors[job.kind].actor_name, job.args)
         self.count("parked")
-
-    def usable_config(self, actor: dramatiq.Actor, args: list[Any], store_id: str) -> stores.StoreConfig | None:
-        """The store's settings with a usable key, or None after parking the work (store
-        disconnected or key rejected)."""
-        config = stores.load(self.host, store_id)
-        if config is None or not config.enabled or config.api_key is None or config.credentials == "invalid":
-            self.park(actor, args, store_id)
-            return None
-        return config
-
-    # -- actors --------------------------------------------------------------------------
-    def create_ticket(self, store_id: str, claim: dict[str, Any], slot: float | None = None, attempt: int = 0) -> None:
-        try:
-            self._create(store_id, ClaimCreated.model_validate(claim), [store_id, claim], slot, attempt)
-        except Rescheduled as again:
-            self._send(again.actor, again.args, again.kwargs, again.delay)
-
-    def _create(self, store_id: str, claim: ClaimCreated, args: list[Any], slot: float | None, attempt: int) -> None:
-        if self.ticket_id(store_id, claim.claim_id):
-            self.after_create(store_id, claim.claim_id)
-            return
-        config = self.usable_config(self.create_actor, args, store_id)
-        if config is None:
-            return
-        with self.claim_lock(store_id, claim.claim_id) as locked:
-            if not locked:
-                self.reschedule(self.create_actor, args, delay=BUSY_RETRY_SECONDS, attempt=attempt, stat="lock_waits")
-            ticket_id = self.ticket_id(store_id, claim.claim_id) or self._create_locked(
-                store_id, claim, args, config, slot, attempt)
-        if ticket_id is not None:
-            self.after_create(store_id, claim.claim_id)
-
-    def _create_locked(self, store_id: str, claim: ClaimCreated, args: list[Any], config: stores.StoreConfig,
-                       slot: float | None, attempt: int) -> str | None:
-        actor, key = self.create_actor, self.claim_key(store_id, claim.claim_id)
-        api_key = config.api_key.get_secret_value()
-        url = self.host.claim_url(claim.claim_id)
-        self.take_turn(actor, args, api_key, slot, attempt)
-        step = "lookup" if self.redis.hget(key, "pending") == b"1" else "create"
-        try:
-            if step == "lookup":
-                self.count("lookups")
-                found = self.call(api_key, lambda c: c.find_tickets_by_email(claim.customer.email))
-                existing = next((t for t in found if tickets.is_ticket_for(t, url)), None)
-                if existing is not None:
-                    ticket_id = str(existing.get("id"))
-                    self.record(key, {"ticket_id": ticket_id, "pending": "0"}, "adopted")
-                    return ticket_id
-                self.redis.hset(key, "pending", "0")
-                step = "create"
-                self.take_turn(actor, args, api_key, None, attempt)
-            body = tickets.build_ticket(claim, url, channel=config.default_channel, team_id=config.default_team_id)
-            self.redis.hset(key, "pending", "1")
-            ticket_id = self.call(api_key, lambda c: c.create_ticket(body))
-        except RateLimited:
-            if step == "create":  # a rate-limited request was not processed
-                self.redis.hset(key, "pending", "0")
-            blocked = self.pacer.blocked_until(api_key)
-            self.reschedule(actor, args, delay=blocked - time.time(), attempt=attempt, stat="rate_limit_waits",
-                            slot=blocked)
-        except AuthError as exc:
-            stores.mark_invalid(self.host, store_id, str(exc), api_key=api_key)
-            self.park(actor, args, store_id)
-            return None
-        except ClientError as exc:
-            self.redis.hset(key, "pending", "0")
-            self.dead(actor, args, store_id, claim.claim_id, f"Richpanel refused the ticket: {exc}")
-            return None
-        except RichpanelError as exc:  # server errors and transport failures: the outcome is unknown
-            self.transient(actor, args, attempt, exc, store_id, claim.claim_id)
-            return None
-        self.record(key, {"ticket_id": ticket_id, "pending": "0", "created_at": repr(time.time())}, "tickets")
-        return ticket_id
-
-    def after_create(self, store_id: str, claim_id: str) -> None:
-        if self.redis.hget(self.claim_key(store_id, claim_id), "snooze") == b"wanted":
-            self.request_snooze(store_id, claim_id)
-
-    def request_snooze(self, store_id: str, claim_id: str) -> None:
-        config = stores.load(self.host, store_id)
-        if config is None or config.api_key is None:
-            self.park(self.snooze_actor, [store_id, claim_id], store_id)
-            return
-        self.schedule(self.snooze_actor, [store_id, claim_id], config.api_key.get_secret_value())
-
-    def snooze_ticket(self, store_id: str, claim_id: str, slot: float | None = None, attempt: int = 0) -> None:
-        try:
-            self._snooze(store_id, claim_id, [store_id, claim_id], slot, attempt)
-        except Rescheduled as again:
-            self._send(again.actor, again.args, again.kwargs, again.delay)
-
-    def _snooze(self, store_id: str, claim_id: str, args: list[Any], slot: float | None, attempt: int) -> None:
-        actor, key = self.snooze_actor, self.claim_key(store_id, claim_id)
-        ticket_id = self.ticket_id(store_id, claim_id)
-        if ticket_id is None or self.redis.hget(key, "snooze") == b"done":
-            return  # never before the ticket exists; the create path sends it then
-        config = self.usable_config(actor, args, store_id)
-        if config is None:
-            return
-        api_key = config.api_key.get_secret_value()
-        with self.claim_lock(store_id, claim_id) as locked:
-            if not locked:
-                self.reschedule(actor, args, delay=BUSY_RETRY_SECONDS, attempt=attempt, stat="lock_waits")
-            if self.redis.hget(key, "snooze") == b"done":
-                return
-            self.take_turn(actor, args, api_key, slot, attempt)
-            try:
-                self.call(api_key, lambda c: c.snooze_ticket(ticket_id))
-            except RateLimited:
-                blocked = self.pacer.blocked_until(api_key)
-                self.reschedule(actor, args, delay=blocked - time.time(), attempt=attempt,
-                                stat="rate_limit_waits", slot=blocked)
-            except AuthError as exc:
-                stores.mark_invalid(self.host, store_id, str(exc), api_key=api_key)
-                self.park(actor, args, store_id)
-                return
-            except ClientError as exc:
-                self.dead(actor, args, store_id, claim_id, f"Richpanel refused the snooze: {exc}")
-                return
-            except RichpanelError as exc:
-                self.transient(actor, args, attempt, exc, store_id, claim_id)
-                return
-            self.record(key, {"snooze": "done", "snoozed_at": repr(time.time())}, "snoozes")
 
 
 # -- what the plugin's hooks call ------------------------------------------------------------
@@ -313,25 +314,28 @@ def delivery_for(host: Host) -> Delivery:
     return _deliveries[host]
 
 
+def _configured(delivery: Delivery, store_id: str, *, enabled: bool) -> bool:
+    """Whether the store uses Richpanel; a negative answer from the cache is checked afresh."""
+    for fresh in (False, True):
+        _, config = delivery.store(store_id, fresh=fresh)
+        if config is not None and (config.enabled or not enabled):
+            return True
+    return False
+
+
 def claim_created(host: Host, claim: ClaimCreated) -> None:
-    """Schedule the ticket at the key's next free slot; stores without Richpanel are skipped."""
-    config = stores.load(host, claim.store_id)
-    if config is None or not config.enabled:
-        return
+    """Open the claim's ticket now if its key's pacing allows, else at its slot; stores
+    without Richpanel are skipped."""
     delivery = delivery_for(host)
-    args = [claim.store_id, claim.model_dump(mode="json")]
-    if config.api_key is None or config.credentials == "invalid":
-        delivery.park(delivery.create_actor, args, claim.store_id)
-        return
-    delivery.schedule(delivery.create_actor, args, config.api_key.get_secret_value())
+    if _configured(delivery, claim.store_id, enabled=True):
+        delivery.run(Job("create", claim.store_id, claim.claim_id, claim=claim))
 
 
 def claim_status_changed(host: Host, change: ClaimStatusChanged) -> None:
     """A finished claim's ticket is snoozed: now if it exists, else right after it is created."""
-    if change.claim_state.value not in tickets.SNOOZE_STATES or stores.load(host, change.store_id) is None:
+    if change.claim_state.value not in tickets.SNOOZE_STATES:
         return
     delivery = delivery_for(host)
-    key = delivery.claim_key(change.store_id, change.claim_id)
-    host.redis.hsetnx(key, "snooze", "wanted")  # "done" stays done
-    if host.redis.hget(key, "snooze") == b"wanted" and delivery.ticket_id(change.store_id, change.claim_id):
+    if _configured(delivery, change.store_id, enabled=False) and delivery.ledger.want_snooze(
+            change.store_id, change.claim_id):
         delivery.request_snooze(change.store_id, change.claim_id)

@@ -23,31 +23,65 @@ from dataclasses import dataclass
 
 import redis
 
+# The pacing rules as Lua functions, so every script that paces (the ones below, and the
+# delivery ledger's, which takes a turn in the same round trip as the claim's own state) runs
+# the very same code. Times are seconds since the epoch, as floats.
+#
+# reserve(): the earliest time the sliding window of *reservations* has room, booked for
+# ``member``. Slots are handed out in non-decreasing order, which makes "the quota-th latest
+# reservation plus the window" the exact earliest time with room in the window.
+#
+# admit(): admission on what was really *sent*: a reservation only says when a message should
+# come back; the request may go later than its slot (a busy worker, the delay queue's own
+# latency), and booking the next window from the slot rather than the send lets the next
+# window start early and meet a 429. Returns nil (the send is recorded) or the time to retry.
+LUA = """
+local function quota_of(limit_key, quota)
+  local advertised = tonumber(redis.call('GET', limit_key) or '0')
+  if advertised > 0 and advertised < quota then return advertised end
+  return quota
+end
+
+local function reserve(slots, blocked_key, limit_key, now, window, quota, member, margin)
+  quota = quota_of(limit_key, quota)
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now - window)
+  local slot = now
+  local n = redis.call('ZCARD', slots)
+  if n >= quota then
+    local r = redis.call('ZRANGE', slots, n - quota, n - quota, 'WITHSCORES')
+    slot = math.max(slot, tonumber(r[2]) + window + margin)
+  end
+  if n > 0 then
+    local last = redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES')
+    slot = math.max(slot, tonumber(last[2]))
+  end
+  slot = math.max(slot, tonumber(redis.call('GET', blocked_key) or '0'))
+  redis.call('ZADD', slots, slot, member)
+  redis.call('PEXPIREAT', slots, math.ceil((slot + window) * 1000) + 1000)
+  return slot
+end
+
+local function admit(sent, blocked_key, limit_key, now, span, quota, member)
+  quota = quota_of(limit_key, quota)
+  local blocked = tonumber(redis.call('GET', blocked_key) or '0')
+  if blocked > now then return blocked end
+  redis.call('ZREMRANGEBYSCORE', sent, '-inf', now - span)
+  local n = redis.call('ZCARD', sent)
+  if n >= quota then
+    local r = redis.call('ZRANGE', sent, n - quota, n - quota, 'WITHSCORES')
+    return tonumber(r[2]) + span
+  end
+  redis.call('ZADD', sent, now, member)
+  redis.call('PEXPIRE', sent, math.ceil(span * 1000) + 1000)
+  return nil
+end
+"""
+
 # KEYS: reservations zset, blocked-until key, advertised-limit key.
 # ARGV: now, window, quota, member, margin.
-# Slots are handed out in non-decreasing order, which makes "the quota-th latest reservation
-# plus the window" the exact earliest time with room in the window.
-_RESERVE = """
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local quota = tonumber(ARGV[3])
-local advertised = tonumber(redis.call('GET', KEYS[3]) or '0')
-if advertised > 0 and advertised < quota then quota = advertised end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local slot = now
-local n = redis.call('ZCARD', KEYS[1])
-if n >= quota then
-  local r = redis.call('ZRANGE', KEYS[1], n - quota, n - quota, 'WITHSCORES')
-  slot = math.max(slot, tonumber(r[2]) + window + tonumber(ARGV[5]))
-end
-if n > 0 then
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  slot = math.max(slot, tonumber(last[2]))
-end
-local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
-slot = math.max(slot, blocked)
-redis.call('ZADD', KEYS[1], slot, ARGV[4])
-redis.call('PEXPIREAT', KEYS[1], math.ceil((slot + window) * 1000) + 1000)
+_RESERVE = LUA + """
+local slot = reserve(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+                     ARGV[4], tonumber(ARGV[5]))
 return string.format('%.6f', slot)
 """
 
@@ -62,29 +96,12 @@ end
 return 0
 """
 
-
 # KEYS: sent zset (requests actually sent), blocked-until key, advertised-limit key.
-# ARGV: now, window, quota, member, margin.
-# Admission on what was really sent: a reservation only says when a message should come
-# back; the request may go later than its slot (a busy worker, the delay queue's own
-# latency), and booking the next window from the slot rather than the send lets the next
-# window start early and meet a 429. Returns 'go' (the send is recorded) or the time to retry.
-_ADMIT = """
-local now = tonumber(ARGV[1])
-local span = tonumber(ARGV[2]) + tonumber(ARGV[5])
-local quota = tonumber(ARGV[3])
-local advertised = tonumber(redis.call('GET', KEYS[3]) or '0')
-if advertised > 0 and advertised < quota then quota = advertised end
-local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
-if blocked > now then return string.format('%.6f', blocked) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
-local n = redis.call('ZCARD', KEYS[1])
-if n >= quota then
-  local r = redis.call('ZRANGE', KEYS[1], n - quota, n - quota, 'WITHSCORES')
-  return string.format('%.6f', tonumber(r[2]) + span)
-end
-redis.call('ZADD', KEYS[1], now, ARGV[4])
-redis.call('PEXPIRE', KEYS[1], math.ceil(span * 1000) + 1000)
+# ARGV: now, window, quota, member, margin. Returns 'go' (the send is recorded) or the time to retry.
+_ADMIT = LUA + """
+local retry = admit(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]) + tonumber(ARGV[5]),
+                    tonumber(ARGV[3]), ARGV[4])
+if retry then return string.format('%.6f', retry) end
 return 'go'
 """
 
@@ -113,12 +130,17 @@ class Pacer:
         self._block = client.register_script(_BLOCK)
         self._admit = client.register_script(_ADMIT)
 
-    def _keys(self, api_key: str) -> tuple[str, str, str]:
+    def keys(self, api_key: str) -> tuple[str, str, str, str]:
+        """The key's reservations, blocked-until, advertised-limit and sent keys, in LUA's order."""
         fp = fingerprint(api_key)
-        return f"{self.prefix}:{fp}:slots", f"{self.prefix}:{fp}:blocked", f"{self.prefix}:{fp}:limit"
+        return (f"{self.prefix}:{fp}:slots", f"{self.prefix}:{fp}:blocked", f"{self.prefix}:{fp}:limit",
+                f"{self.prefix}:{fp}:sent")
+
+    def _keys(self, api_key: str) -> tuple[str, str, str]:
+        return self.keys(api_key)[:3]
 
     def _sent(self, api_key: str) -> str:
-        return f"{self.prefix}:{fingerprint(api_key)}:sent"
+        return self.keys(api_key)[3]
 
     #: Admission counts requests by when their answer came back (never earlier than Richpanel
     #: counted them), so its margin only covers clocks: one host, or NTP between hosts.

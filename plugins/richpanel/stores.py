@@ -61,7 +61,8 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def _from_hash(host: Host, store_id: str, fields: dict[str, str]) -> StoreConfig:
+def from_fields(host: Host, store_id: str, fields: dict[str, str]) -> StoreConfig:
+    """The settings a store's hash holds, key decrypted (DecryptionError says what to do)."""
     token = fields.get(FIELD)
     return StoreConfig(
         store_id=store_id,
@@ -95,8 +96,13 @@ def load(host: Host, store_id: str) -> StoreConfig | None:
     Raises DecryptionError (its message says what to do) when the stored key cannot be
     opened: tampered, copied from another store, or sealed by a master key no longer set.
     """
-    fields = _decode(host.redis.hgetall(_key(host, store_id)))
-    return _from_hash(host, store_id, fields) if fields else None
+    found = stored_fields(host, store_id)
+    return from_fields(host, store_id, found) if found else None
+
+
+def stored_fields(host: Host, store_id: str) -> dict[str, str]:
+    """The store's hash as stored (its key sealed); empty when never configured."""
+    return _decode(host.redis.hgetall(_key(host, store_id)))
 
 
 def _set_health(host: Host, store_id: str, fields: dict[str, str], drop_error: bool) -> bool:
@@ -240,12 +246,12 @@ def _merge(host: Host, store_id: str, fields: dict[str, str], changes: SettingsU
     new_key = changes.api_key if "api_key" in given else None
     if fields:
         try:
-            current = _from_hash(host, store_id, fields)
+            current = from_fields(host, store_id, fields)
         except DecryptionError as exc:
             if new_key is None:
                 raise SettingsError(f"{exc}: send api_key with this change",
                                     [{"field": FIELD, "message": "stored key unreadable"}]) from None
-            current = _from_hash(host, store_id, {k: v for k, v in fields.items() if k != FIELD})
+            current = from_fields(host, store_id, {k: v for k, v in fields.items() if k != FIELD})
     else:
         current = StoreConfig(store_id=store_id)
     merged = current.model_copy(update={

@@ -136,15 +136,15 @@ def test_duplicate_events_and_redeliveries_open_one_ticket(rp):
 def test_a_worker_killed_between_create_and_record_does_not_open_a_second_ticket(rp, monkeypatch):
     host, worker, sandbox = rp
     delivery = actors.delivery_for(host)
-    real_record, crashed = delivery.record, threading.Event()
+    real_finish, crashed = delivery.ledger.finish, threading.Event()
 
-    def crash_before_recording(claim_key, fields, stat):
-        if "ticket_id" in fields and not crashed.is_set():
+    def crash_before_recording(store_id, claim_id, turn, fields=None, stat=None):
+        if fields and "ticket_id" in fields and not crashed.is_set():
             crashed.set()  # the POST succeeded; the process dies before the id is written
             raise SystemExit("worker killed")
-        return real_record(claim_key, fields, stat)
+        return real_finish(store_id, claim_id, turn, fields, stat)
 
-    monkeypatch.setattr(delivery, "record", crash_before_recording)
+    monkeypatch.setattr(delivery.ledger, "finish", crash_before_recording)
     event = claim_created()
     post(host, event)
     settle(host, worker, lambda: crashed.is_set() and ticket_of(host, event["body"]["claim_id"]))

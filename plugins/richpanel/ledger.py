@@ -1,0 +1,174 @@
+"""Each claim's delivery record in Redis, read and written in one round trip per step.
+
+A claim's hash (``<ns>:richpanel:claim:<store>:<claim>``) holds ``ticket_id`` once known,
+``pending`` while a create may have reached Richpanel unrecorded, and ``snooze``
+(``wanted``/``done``). Before any request to Richpanel a worker *takes a turn*, which in one
+Lua script checks that:
+
+1. the store's settings are the ones this process decrypted (otherwise ``stale``, with the
+   fresh fields, so settings can be cached per process yet never be used once changed);
+2. the work is not done already (a ticket exists; a snooze is done or has no ticket yet);
+3. no other worker holds the claim's lock (Dramatiq delivers at least once);
+4. the key's pacing admits a request now (pacing.LUA, the same functions every pacer runs);
+
+and only then takes the lock, records the request as sent, and, for a create, sets
+``pending``. Finishing (the outcome, its counter, the answer time for pacing, the lock's
+release) is one more script. The worker's CPU per ticket was dominated by redis-py's cost per
+round trip (28 of them per ticket before this module; see docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+from opcore_hooks import Host
+
+from .pacing import LUA as PACING_LUA, Pacer
+
+NAME = "richpanel"
+Kind = Literal["create", "snooze"]
+#: A slot this close is taken now rather than rescheduled: the delay queue's own latency is larger.
+EPSILON = 0.05
+
+# KEYS: store hash, claim hash, claim lock, slots, blocked, limit, sent.
+# ARGV: store snapshot, kind, now, window, quota, member, reserve margin, admit margin, lock token,
+#       lock ms, slot ('' when none was reserved yet), epsilon.
+_BEGIN = PACING_LUA + """
+local flat = redis.call('HGETALL', KEYS[1])
+local names, values = {}, {}
+for i = 1, #flat, 2 do names[#names + 1] = flat[i]; values[flat[i]] = flat[i + 1] end
+table.sort(names)
+local parts = {}
+for _, name in ipairs(names) do parts[#parts + 1] = name; parts[#parts + 1] = values[name] end
+if table.concat(parts, '\\0') ~= ARGV[1] then return {'stale', flat} end
+local claim = redis.call('HMGET', KEYS[2], 'ticket_id', 'pending', 'snooze')
+local ticket, pending, snooze = claim[1] or '', claim[2] or '', claim[3] or ''
+if ARGV[2] == 'create' and ticket ~= '' then return {'ticket', ticket, snooze} end
+if ARGV[2] == 'snooze' and (ticket == '' or snooze == 'done') then return {'skip', ticket, snooze} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'busy'} end
+local now, window, quota = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local slot = tonumber(ARGV[11])
+if not slot then slot = reserve(KEYS[4], KEYS[5], KEYS[6], now, window, quota, ARGV[6], tonumber(ARGV[7])) end
+if slot - now > tonumber(ARGV[12]) then return {'wait', string.format('%.6f', slot)} end
+local retry = admit(KEYS[7], KEYS[5], KEYS[6], now, window + tonumber(ARGV[8]), quota, ARGV[6])
+if retry then return {'wait', string.format('%.6f', retry)} end
+redis.call('SET', KEYS[3], ARGV[9], 'PX', ARGV[10])
+if ARGV[2] == 'create' and pending ~= '1' then redis.call('HSET', KEYS[2], 'pending', '1') end
+return {'go', ticket, snooze, pending}
+"""
+
+# KEYS: claim hash, stats hash, sent zset, claim lock.
+# ARGV: stat ('' for none), sent member ('' for none), answer time, lock token, then field/value pairs.
+_FINISH = """
+if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
+if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[2]) end
+if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
+return redis.call('HGET', KEYS[1], 'snooze')
+"""
+
+# KEYS: claim hash. "done" stays done; returns the ticket id when a snooze is wanted and possible.
+_WANT_SNOOZE = """
+redis.call('HSETNX', KEYS[1], 'snooze', 'wanted')
+local c = redis.call('HMGET', KEYS[1], 'snooze', 'ticket_id')
+if c[1] == 'wanted' and c[2] then return c[2] end
+return false
+"""
+
+
+def snapshot(fields: Mapping[str, str]) -> str:
+    """The store's fields as _BEGIN compares them: sorted by name, NUL-separated."""
+    return "\0".join(part for name in sorted(fields) for part in (name, fields[name]))
+
+
+@dataclass
+class Turn:
+    """What taking a turn found; ``go`` means the lock is held and the request is admitted."""
+
+    outcome: Literal["go", "wait", "busy", "ticket", "skip", "stale"]
+    ticket_id: str | None = None
+    snooze: str | None = None
+    pending: bool = False
+    at: float | None = None
+    fields: dict[str, str] | None = None
+    api_key: str = ""
+    member: str = ""
+    token: str = ""
+    finished: bool = False
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode() if raw else None
+
+
+class Ledger:
+    def __init__(self, host: Host, pacer: Pacer, lock_ms: int) -> None:
+        self.host = host
+        self.redis = host.redis
+        self.pacer = pacer
+        self.lock_ms = lock_ms
+        self._begin = host.redis.register_script(_BEGIN)
+        self._finish = host.redis.register_script(_FINISH)
+        self._want_snooze = host.redis.register_script(_WANT_SNOOZE)
+
+    def claim_key(self, store_id: str, claim_id: str) -> str:
+        return self.host.key(NAME, "claim", store_id, claim_id)
+
+    def _lock_key(self, store_id: str, claim_id: str) -> str:
+        return self.host.key(NAME, "lock", store_id, claim_id)
+
+    def store_key(self, store_id: str) -> str:
+        return self.host.key(NAME, "store", store_id)
+
+    def ticket_id(self, store_id: str, claim_id: str) -> str | None:
+        return _text(self.redis.hget(self.claim_key(store_id, claim_id), "ticket_id"))
+
+    def set(self, store_id: str, claim_id: str, **fields: str) -> None:
+        self.redis.hset(self.claim_key(store_id, claim_id), mapping=fields)
+
+    def begin(self, kind: Kind, store_id: str, claim_id: str, api_key: str, store_snapshot: str,
+              slot: float | None, now: float | None = None) -> Turn:
+        now = time.time() if now is None else now
+        pacer, member, token = self.pacer, uuid.uuid4().hex, secrets.token_hex(8)
+        reply = self._begin(
+            keys=[self.store_key(store_id), self.claim_key(store_id, claim_id), self._lock_key(store_id, claim_id),
+                  *pacer.keys(api_key)],
+            args=[store_snapshot, kind, repr(now), repr(pacer.window), pacer.quota, member, repr(pacer.margin),
+                  repr(pacer.ADMIT_MARGIN), token, self.lock_ms, "" if slot is None else repr(slot), EPSILON],
+        )
+        outcome = reply[0].decode()
+        if outcome == "stale":
+            flat = [part.decode() for part in reply[1]]
+            return Turn("stale", fields=dict(zip(flat[::2], flat[1::2])))
+        if outcome == "busy":
+            return Turn("busy")
+        if outcome == "wait":
+            return Turn("wait", at=float(reply[1]))
+        turn = Turn(outcome, ticket_id=_text(reply[1]), snooze=_text(reply[2]))  # type: ignore[arg-type]
+        if outcome == "go":
+            turn.pending, turn.api_key, turn.member, turn.token = reply[3] == b"1", api_key, member, token
+        return turn
+
+    def finish(self, store_id: str, claim_id: str, turn: Turn, fields: Mapping[str, str] | None = None,
+               stat: str | None = None) -> str | None:
+        """Record ``fields`` and count ``stat``; stamp the answer for pacing and release the lock.
+
+        Returns the claim's ``snooze`` field as it stands after the write.
+        """
+        args = [stat or "", turn.member, repr(time.time()), turn.token]
+        for name, value in (fields or {}).items():
+            args += [name, value]
+        keys = [self.claim_key(store_id, claim_id), self.host.key(NAME, "stats"),
+                self.pacer.keys(turn.api_key)[3] if turn.api_key else self.host.key(NAME, "-"),
+                self._lock_key(store_id, claim_id)]
+        snooze = self._finish(keys=keys, args=args)
+        turn.finished = True
+        return _text(snooze)
+
+    def want_snooze(self, store_id: str, claim_id: str) -> str | None:
+        """Mark the claim's ticket for snoozing; its id when it exists and is not snoozed yet."""
+        return _text(self._want_snooze(keys=[self.claim_key(store_id, claim_id)]))
