@@ -13,6 +13,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from .committer import Committer
 from .events import Event, event_from_json
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class Dispatcher:
             self._deliver, broker=broker, actor_name="opcore.deliver", queue_name=QUEUE,
             max_retries=25, min_backoff=1000, max_backoff=3_600_000, on_retry_exhausted=EXHAUSTED,
         )
-        self._accept = host.redis.register_script(_ACCEPT)
+        self.committer = Committer(host.redis, _ACCEPT, name=f"{host.settings.namespace}-accept")
         self._done = host.redis.register_script(_DONE)
         broker.declare_queue(BULK_QUEUE)
         self.exhausted = dramatiq.actor(
@@ -140,13 +141,14 @@ class Dispatcher:
             store_id=store_id, claim_id=claim_id,
         )
 
-    def accept(self, event: Event, seen_key: str, ttl_seconds: int) -> bool:
+    async def accept(self, event: Event, seen_key: str, ttl_seconds: int) -> bool:
         """Mark ``event`` seen and enqueue it in one atomic step; False if it was seen before.
 
         One Lua script does both, so there is no moment at which an event is marked seen but
         not queued (a crash there would turn Order Protection's redelivery into a "duplicate"
-        and lose the claim), and the ingress pays one Redis round trip instead of three. It
-        writes the message exactly as Dramatiq's RedisBroker ``enqueue`` command does (the
+        and lose the claim), and the ingress pays one Redis round trip instead of three, shared
+        with every accept pending at the same moment (``Committer``: the loop never waits on
+        Redis). It writes the message exactly as Dramatiq's RedisBroker ``enqueue`` command does (the
         ``<queue>.msgs`` hash and the ``<queue>`` list); the end-to-end tests prove a real
         Dramatiq worker consumes it. Enqueue middleware hooks are not emitted for it.
         """
@@ -156,13 +158,16 @@ class Dispatcher:
         encoded = message.encode()  # Dramatiq's own encoding, as a worker will decode it
         queue = f"{self.host.broker.namespace}:{QUEUE}"
         bulk = f"{self.host.broker.namespace}:{BULK_QUEUE}"
-        accepted = self._accept(
-            keys=[seen_key, f"{queue}.msgs", queue, self._inflight_key(getattr(event.body, "store_id", None)),
-                  f"{bulk}.msgs", bulk],
-            args=[ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE],
+        accepted = await self.committer.call(
+            [seen_key, f"{queue}.msgs", queue, self._inflight_key(getattr(event.body, "store_id", None)),
+             f"{bulk}.msgs", bulk],
+            [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE],
         )
         return bool(accepted)
 
+    def close(self) -> None:
+        """Finish the accepts already handed to Redis and stop their thread."""
+        self.committer.stop()
 
 
 _MAIN_LANE = f'{{"queue_name":"{QUEUE}",'.encode()
