@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import fakeredis
 import httpx
@@ -124,3 +125,29 @@ def test_the_app_and_the_host_stop_the_thread(make_host):
         assert client.post(URL, json=claim_created(), headers=HEADERS).status_code == 202
     host.close()
     assert not host.dispatcher.committer.running
+
+
+@pytest.mark.parametrize("data", [
+    claim_created(),
+    claim_created(claim_description="Écran cassé — 壊れた 📦", extra={"n": 1.5, "big": 10**20, "none": None}),
+])
+def test_the_dispatch_message_is_byte_for_byte_what_dramatiq_encodes(make_host, data):
+    from opcore_hooks.dispatch import _random_uuid
+    from opcore_hooks.events import Envelope, Event, parse_body
+
+    host = make_host()
+    envelope = Envelope.model_validate(data)
+    event = Event(id=envelope.id, topic="claim.created", created_at=envelope.created_at,
+                  body=parse_body("claim.created", envelope.body))
+    args = event.model_dump(mode="json")
+    ours = host.dispatcher._encode_dispatch(args, "rid-1")
+    decoded = json.loads(ours)
+    theirs = host.dispatcher.dispatch.message_with_options(args=(args,), redis_message_id="rid-1")
+    theirs = type(theirs)(**{**theirs.asdict(), "message_id": decoded["message_id"],
+                             "message_timestamp": decoded["message_timestamp"]})
+    assert ours == theirs.encode()
+    assert type(theirs).decode(ours) == theirs
+    ids = {_random_uuid() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(str(uuid.UUID(i)) == i for i in ids)
+    assert {(uuid.UUID(i).version, uuid.UUID(i).variant) for i in ids} == {(4, uuid.RFC_4122)}
