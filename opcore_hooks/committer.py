@@ -3,8 +3,9 @@
 The ingress accepts each event with one atomic script call. Made from the event loop, that
 call blocks the loop for a round trip and pays redis-py's per-call overhead (connection
 checkout, packing, a send and a receive) once per request. Handed to this thread instead, it
-costs the loop a queue put and a future; the thread drains everything that arrived while it
-was busy and sends it as one pipeline (``transaction=False``: each script call is still
+costs the loop a future: the calls of one loop turn are handed over together at its end (one
+wake-up of the thread, not one per request), and the thread drains everything that arrived
+while it was busy and sends it as one pipeline (``transaction=False``: each script call is still
 atomic on its own, which is all the ingress needs), so concurrent requests share one round
 trip and the loop keeps serving while Redis answers.
 
@@ -50,22 +51,34 @@ class Committer:
         self.max_batch = max_batch
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] | None = None
+        self._turn: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
         self._thread: threading.Thread | None = None
 
     # -- the loop's side -------------------------------------------------------------------
     def call(self, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
         """Queue one script call; the future resolves to its reply or to the error it raised.
 
-        Call from a running event loop; the future belongs to that loop.
+        Call from a running event loop; the future belongs to that loop. The calls a loop
+        makes in one turn reach the thread together, with one wake-up, at the end of it.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
-            if self._queue is None:
-                self._start()
-            assert self._queue is not None
-            self._queue.put((keys, args, future, loop))
+            calls = self._turn.get(loop)
+            if calls is None:
+                calls = self._turn[loop] = []
+                loop.call_soon(self._hand_over, loop)
+            calls.append((keys, args, future, loop))
         return future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            calls = self._turn.pop(loop, None)
+            if calls:
+                if self._queue is None:
+                    self._start()
+                assert self._queue is not None
+                self._queue.put(calls)
 
     def _start(self) -> None:
         self._queue = queue.SimpleQueue()
@@ -75,6 +88,13 @@ class Committer:
     def stop(self, timeout: float = 30.0) -> None:
         """Run everything queued so far, then end the thread (waiting at most ``timeout``)."""
         with self._lock:
+            if self._turn:  # calls of a loop turn that has not ended yet go first
+                if self._queue is None:
+                    self._start()
+                assert self._queue is not None
+                for calls in self._turn.values():
+                    self._queue.put(calls)
+                self._turn.clear()
             pending, thread = self._queue, self._thread
             self._queue = self._thread = None
             if pending is None or thread is None:
@@ -93,15 +113,19 @@ class Committer:
     def _run(self, pending: queue.SimpleQueue[Any]) -> None:
         stopping = False
         while not stopping:
-            batch: list[_Call] = [pending.get()]
-            while len(batch) < self.max_batch:
+            batch: list[_Call] = []
+            handed = pending.get()
+            while True:
+                if handed is _STOP:
+                    stopping = True
+                    break
+                batch.extend(handed)
+                if len(batch) >= self.max_batch:
+                    break
                 try:
-                    batch.append(pending.get_nowait())
+                    handed = pending.get_nowait()
                 except queue.Empty:
                     break
-            if batch[-1] is _STOP:
-                batch.pop()
-                stopping = True
             if batch:
                 self._commit(batch)
 
