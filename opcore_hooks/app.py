@@ -83,6 +83,9 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
         try:
             yield
         finally:
+            # uvicorn has answered every request by now; what they handed to Redis is
+            # finished before the process goes.
+            host.dispatcher.close()
             if worker:
                 worker.stop()
 

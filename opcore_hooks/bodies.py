@@ -60,6 +60,8 @@ async def read_json(request: Request, limit: int) -> Any:
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BodyError(400, f"body is not usable JSON: it nests deeper than {MAX_DEPTH} levels") from None
-    if _depth_exceeds(data, MAX_DEPTH):
+    # Each nested object or array opens with a bracket byte (in any encoding json.loads
+    # takes), so a body with few brackets cannot nest deep: only the rare one is walked.
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth_exceeds(data, MAX_DEPTH):
         raise BodyError(422, f"body nests deeper than {MAX_DEPTH} levels")
     return data

@@ -130,4 +130,5 @@ class Host:
         return Vault.from_setting(self.settings.master_key.get_secret_value())
 
     def close(self) -> None:
+        self.dispatcher.close()
         self.broker.close()
