@@ -11,6 +11,9 @@
   ``_Consumer`` acks everything finished since its last turn in one script, and fetches only
   once a quarter of its prefetch is free. An ack held back is at worst a message delivered
   again after a crash, which Dramatiq's at-least-once delivery already asks every actor to bear.
+- **Counters released by the ack.** A message whose ``RELEASES`` option names a Redis counter
+  decrements it (and deletes it at zero) when it is acked or rejected, in the ack's own round
+  trip: the dispatcher counts each store's unfinished events this way (its fairness lanes).
 """
 
 from __future__ import annotations
@@ -28,12 +31,24 @@ from dramatiq.message import Message
 
 log = logging.getLogger("opcore.broker")
 
+#: The message option naming a counter to decrement once the message is acked or rejected.
+RELEASES = "opcore_releases"
+
 # KEYS: this worker's fetched-but-unacked set for the queue, the queue's messages hash.
-# ARGV: message ids. Dramatiq's own "ack", for many messages at once.
+# ARGV: pairs of message id and the counter it releases ('' for none). Dramatiq's own "ack",
+# for many messages at once, each releasing its counter if it was still ours to ack.
 _ACK_MANY = """
-for i = 1, #ARGV do
-  if redis.call('SREM', KEYS[1], ARGV[i]) > 0 then redis.call('HDEL', KEYS[2], ARGV[i]) end
+for i = 1, #ARGV, 2 do
+  if redis.call('SREM', KEYS[1], ARGV[i]) > 0 then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    local counter = ARGV[i + 1]
+    if counter ~= '' and redis.call('DECR', counter) <= 0 then redis.call('DEL', counter) end
+  end
 end
+"""
+
+_RELEASE = """
+if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
 """
 
 
@@ -53,8 +68,14 @@ class _Consumer(_RedisConsumer):
 
     def ack(self, message: MessageProxy) -> None:
         with self._acks_lock:
-            self._acks.append(message.options["redis_message_id"])
+            self._acks += [message.options["redis_message_id"], message.options.get(RELEASES) or ""]
         self.queued_message_ids.discard(message.message_id)
+
+    def nack(self, message: MessageProxy) -> None:
+        super().nack(message)
+        counter = message.options.get(RELEASES)
+        if counter:
+            self.broker.release(keys=[counter])
 
     def flush_acks(self) -> None:
         with self._acks_lock:
@@ -79,7 +100,7 @@ class _Consumer(_RedisConsumer):
             self.flush_acks()
         except ConnectionClosed:
             log.warning("Redis is unavailable: %d ack(s) of %s not sent; those messages will be "
-                        "delivered again", len(self._acks), self.queue_name)
+                        "delivered again", len(self._acks) // 2, self.queue_name)
         super().close()
 
 
@@ -88,6 +109,7 @@ class Broker(RedisBroker):
         super().__init__(**options)
         self.enqueue_wait_seconds = enqueue_wait_seconds
         self.ack_many = self.client.register_script(_ACK_MANY)
+        self.release = self.client.register_script(_RELEASE)
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import dramatiq.message
 from dramatiq.encoder import JSONEncoder
 
+from .broker import RELEASES
 from .committer import Committer
 from .events import Event, event_from_json
 
@@ -27,9 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("opcore.dispatch")
 
 QUEUE = "opcore"
-#: A store with more than LANE_LIMIT events accepted but not yet dispatched sends the rest
-#: through this second queue. The worker consumes both queues side by side (a consumer
-#: each, feeding one FIFO work queue), so a quiet store's events never wait behind another
+#: A store with more than LANE_LIMIT events accepted but not yet done (each one's ack releases
+#: it: broker.RELEASES) sends the rest through this second queue. The worker consumes both
+#: queues side by side (a consumer each, feeding one FIFO work queue), so a quiet store's events never wait behind another
 #: store's burst: a backlog occupies at most one queue's prefetch of the work queue.
 BULK_QUEUE = "opcore.bulk"
 LANE_LIMIT = 20
@@ -66,9 +67,6 @@ end
 return 0
 """
 
-_DONE = """
-if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
-"""
 
 
 class Dispatcher:
@@ -88,7 +86,6 @@ class Dispatcher:
         head = {"queue_name": self.dispatch.queue_name, "actor_name": self.dispatch.actor_name}
         self._message_head = _COMPACT(head)[:-1].encode() + b',"args":['
         self.committer = Committer(host.redis, _ACCEPT, name=f"{host.settings.namespace}-accept")
-        self._done = host.redis.register_script(_DONE)
         broker.declare_queue(BULK_QUEUE)
         self.exhausted = dramatiq.actor(
             self._exhausted, broker=broker, actor_name=EXHAUSTED, queue_name=QUEUE, max_retries=50,
@@ -100,11 +97,8 @@ class Dispatcher:
         return self.host.key("inflight", store_id or "-")
 
     def _dispatch(self, data: dict[str, Any]) -> None:
-        event = event_from_json(data)
-        try:
-            self._dispatch_event(event, data)
-        finally:
-            self._done(keys=[self._inflight_key(getattr(event.body, "store_id", None))])
+        # The store's in-flight counter is released by this message's ack (broker.RELEASES).
+        self._dispatch_event(event_from_json(data), data)
 
     def _dispatch_event(self, event: Event, data: dict[str, Any]) -> None:
         self._feed_read_model(event)
@@ -160,12 +154,12 @@ class Dispatcher:
         Dramatiq worker consumes it. Enqueue middleware hooks are not emitted for it.
         """
         message_id = _random_uuid()
-        encoded = self._encode_dispatch(event.model_dump(mode="json"), message_id)
+        inflight = self._inflight_key(getattr(event.body, "store_id", None))
+        encoded = self._encode_dispatch(event.model_dump(mode="json"), message_id, inflight)
         queue = f"{self.host.broker.namespace}:{QUEUE}"
         bulk = f"{self.host.broker.namespace}:{BULK_QUEUE}"
         accepted = await self.committer.call(
-            [seen_key, f"{queue}.msgs", queue, self._inflight_key(getattr(event.body, "store_id", None)),
-             f"{bulk}.msgs", bulk],
+            [seen_key, f"{queue}.msgs", queue, inflight, f"{bulk}.msgs", bulk],
             [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE],
         )
         return bool(accepted)
@@ -174,8 +168,9 @@ class Dispatcher:
         """Finish the accepts already handed to Redis and stop their thread."""
         self.committer.stop()
 
-    def _encode_dispatch(self, data: dict[str, Any], redis_message_id: str) -> bytes:
-        """The bytes ``dispatch.message_with_options(args=(data,), redis_message_id=...).encode()`` gives.
+    def _encode_dispatch(self, data: dict[str, Any], redis_message_id: str, releases: str) -> bytes:
+        """The bytes ``dispatch.message_with_options(args=(data,), redis_message_id=..., opcore_releases=...)
+        .encode()`` gives; the ack of the message releases the store's in-flight counter.
 
         Building Dramatiq's Message and encoding its dict cost more than the rest of the
         handler's Python together; with Dramatiq's default JSON encoder in place the same
@@ -183,10 +178,12 @@ class Dispatcher:
         other encoder set, Dramatiq encodes.
         """
         if type(dramatiq.message.get_encoder()) is not JSONEncoder:
-            return self.dispatch.message_with_options(args=(data,), redis_message_id=redis_message_id).encode()
+            return self.dispatch.message_with_options(args=(data,), redis_message_id=redis_message_id,
+                                                      **{RELEASES: releases}).encode()
         return b"".join((
             self._message_head, _COMPACT(data).encode(), b'],"kwargs":{},"options":{"redis_message_id":"',
-            redis_message_id.encode(), b'"},"message_id":"', _random_uuid().encode(),
+            redis_message_id.encode(), b'","' + RELEASES.encode() + b'":', _COMPACT(releases).encode(),
+            b'},"message_id":"', _random_uuid().encode(),
             b'","message_timestamp":', str(int(time.time() * 1000)).encode(), b"}",
         ))
 

@@ -140,9 +140,10 @@ def test_the_dispatch_message_is_byte_for_byte_what_dramatiq_encodes(make_host, 
     event = Event(id=envelope.id, topic="claim.created", created_at=envelope.created_at,
                   body=parse_body("claim.created", envelope.body))
     args = event.model_dump(mode="json")
-    ours = host.dispatcher._encode_dispatch(args, "rid-1")
+    ours = host.dispatcher._encode_dispatch(args, "rid-1", 'opcore:inflight:store "1"')
     decoded = json.loads(ours)
-    theirs = host.dispatcher.dispatch.message_with_options(args=(args,), redis_message_id="rid-1")
+    theirs = host.dispatcher.dispatch.message_with_options(args=(args,), redis_message_id="rid-1",
+                                                           opcore_releases='opcore:inflight:store "1"')
     theirs = type(theirs)(**{**theirs.asdict(), "message_id": decoded["message_id"],
                              "message_timestamp": decoded["message_timestamp"]})
     assert ours == theirs.encode()
