@@ -19,7 +19,7 @@ import dramatiq.message
 from dramatiq.encoder import JSONEncoder
 
 from .committer import Committer
-from .events import Event, event_from_json
+from .events import Event, event_from_json, event_to_json
 
 if TYPE_CHECKING:
     from .host import Host
@@ -160,7 +160,7 @@ class Dispatcher:
         Dramatiq worker consumes it. Enqueue middleware hooks are not emitted for it.
         """
         message_id = _random_uuid()
-        encoded = self._encode_dispatch(event.model_dump(mode="json"), message_id)
+        encoded = self._encode_dispatch(event_to_json(event), message_id)
         queue = f"{self.host.broker.namespace}:{QUEUE}"
         bulk = f"{self.host.broker.namespace}:{BULK_QUEUE}"
         accepted = await self.committer.call(
