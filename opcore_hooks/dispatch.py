@@ -87,6 +87,8 @@ class Dispatcher:
         )
         head = {"queue_name": self.dispatch.queue_name, "actor_name": self.dispatch.actor_name}
         self._message_head = _COMPACT(head)[:-1].encode() + b',"args":['
+        queue, bulk = f"{broker.namespace}:{QUEUE}", f"{broker.namespace}:{BULK_QUEUE}"
+        self._lanes = (queue, f"{queue}.msgs", bulk, f"{bulk}.msgs")
         self.committer = Committer(host.redis, _ACCEPT, name=f"{host.settings.namespace}-accept")
         self._done = host.redis.register_script(_DONE)
         broker.declare_queue(BULK_QUEUE)
@@ -161,11 +163,9 @@ class Dispatcher:
         """
         message_id = _random_uuid()
         encoded = self._encode_dispatch(event_to_json(event), message_id)
-        queue = f"{self.host.broker.namespace}:{QUEUE}"
-        bulk = f"{self.host.broker.namespace}:{BULK_QUEUE}"
+        queue, msgs, bulk, bulk_msgs = self._lanes
         accepted = await self.committer.call(
-            [seen_key, f"{queue}.msgs", queue, self._inflight_key(getattr(event.body, "store_id", None)),
-             f"{bulk}.msgs", bulk],
+            [seen_key, msgs, queue, self._inflight_key(getattr(event.body, "store_id", None)), bulk_msgs, bulk],
             [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE],
         )
         return bool(accepted)

@@ -168,3 +168,14 @@ def test_the_broker_form_of_an_event_is_its_full_json_dump(data):
     topic = normalize_topic(envelope.topic)
     event = Event(id=envelope.id, topic=topic, created_at=envelope.created_at, body=parse_body(topic, envelope.body))
     assert json.dumps(event_to_json(event)) == json.dumps(event.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize("status", [200, 202])
+def test_the_event_answers_are_what_jsonresponse_renders(status):
+    from starlette.responses import JSONResponse
+
+    from opcore_hooks.ingress import _json
+
+    payload = {"status": "accepted", "event_id": 'é "x" \u2028 \\ 📦'}
+    ours, theirs = _json(payload, status), JSONResponse(payload, status_code=status)
+    assert (ours.body, ours.status_code, ours.raw_headers) == (theirs.body, theirs.status_code, theirs.raw_headers)
