@@ -20,7 +20,7 @@ from dramatiq.encoder import JSONEncoder
 
 from .broker import RELEASES
 from .committer import Committer
-from .events import Event, event_from_json
+from .events import Event, event_from_json, event_to_json
 
 if TYPE_CHECKING:
     from .host import Host
@@ -85,6 +85,8 @@ class Dispatcher:
         )
         head = {"queue_name": self.dispatch.queue_name, "actor_name": self.dispatch.actor_name}
         self._message_head = _COMPACT(head)[:-1].encode() + b',"args":['
+        queue, bulk = f"{broker.namespace}:{QUEUE}", f"{broker.namespace}:{BULK_QUEUE}"
+        self._lanes = (queue, f"{queue}.msgs", bulk, f"{bulk}.msgs")
         self.committer = Committer(host.redis, _ACCEPT, name=f"{host.settings.namespace}-accept")
         broker.declare_queue(BULK_QUEUE)
         self.exhausted = dramatiq.actor(
@@ -155,11 +157,10 @@ class Dispatcher:
         """
         message_id = _random_uuid()
         inflight = self._inflight_key(getattr(event.body, "store_id", None))
-        encoded = self._encode_dispatch(event.model_dump(mode="json"), message_id, inflight)
-        queue = f"{self.host.broker.namespace}:{QUEUE}"
-        bulk = f"{self.host.broker.namespace}:{BULK_QUEUE}"
+        encoded = self._encode_dispatch(event_to_json(event), message_id, inflight)
+        queue, msgs, bulk, bulk_msgs = self._lanes
         accepted = await self.committer.call(
-            [seen_key, f"{queue}.msgs", queue, inflight, f"{bulk}.msgs", bulk],
+            [seen_key, msgs, queue, inflight, bulk_msgs, bulk],
             [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE],
         )
         return bool(accepted)

@@ -7,12 +7,13 @@ unknown fields, so nothing a plugin might need later is thrown away at the door.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 
 class ClaimType(StrEnum):
@@ -43,8 +44,13 @@ class ClaimState(StrEnum):
     WAITING_FOR_OP = "WAITING_FOR_OP"
 
 
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
 def _money(value: Any) -> Any:
     """Money travels as a decimal string; a float would already have lost cents."""
+    if type(value) is str and _PLAIN_DECIMAL.fullmatch(value):
+        return value  # the usual "24.99": finite, nothing to strip, no Decimal needed
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -203,3 +209,20 @@ def event_from_json(data: dict[str, Any]) -> Event:
         created_at=data.get("created_at"),
         body=BODY_MODELS[data["topic"]].model_validate(data["body"]),
     )
+
+
+_CREATED_AT: TypeAdapter[datetime | None] = TypeAdapter(datetime | None)
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    """``event.model_dump(mode="json")``, the broker form, at about half the cost.
+
+    Serializing through Event's ``body`` union costs pydantic as much again as the body
+    itself; the body's own model gives the same dict (a test compares them for every topic).
+    """
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "created_at": _CREATED_AT.dump_python(event.created_at, mode="json"),
+        "body": event.body.model_dump(mode="json"),
+    }

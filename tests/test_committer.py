@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from opcore_hooks.app import create_app
 from opcore_hooks.committer import Committer
 from opcore_hooks.host import Host
-from opcore_hooks.testing import WEBHOOK_SECRET, claim_created
+from opcore_hooks.testing import WEBHOOK_SECRET, claim_created, state_changed
 
 URL = "/webhooks/orderprotection"
 HEADERS = {"x-webhook-secret": WEBHOOK_SECRET}
@@ -152,3 +152,31 @@ def test_the_dispatch_message_is_byte_for_byte_what_dramatiq_encodes(make_host, 
     assert len(ids) == 1000
     assert all(str(uuid.UUID(i)) == i for i in ids)
     assert {(uuid.UUID(i).version, uuid.UUID(i).variant) for i in ids} == {(4, uuid.RFC_4122)}
+
+
+@pytest.mark.parametrize("data", [
+    claim_created(),
+    claim_created(created_at="2026-11-27T10:00:00.123456+02:00", extra={"nested": [1, 2.5, None]}),
+    state_changed("c1", "APPROVED", previous_state="NEW", note="é"),
+    {**state_changed("c2", "DENIED"), "topic": "claim.denied", "created_at": None},
+    {"id": "o1", "topic": "order.upserted", "created_at": 1764237600,
+     "body": {"storeId": "s1", "customer": {"email": "a@b.c"}, "order": {"total": 12, "line_items": []}}},
+])
+def test_the_broker_form_of_an_event_is_its_full_json_dump(data):
+    from opcore_hooks.events import Envelope, Event, event_to_json, normalize_topic, parse_body
+
+    envelope = Envelope.model_validate(data)
+    topic = normalize_topic(envelope.topic)
+    event = Event(id=envelope.id, topic=topic, created_at=envelope.created_at, body=parse_body(topic, envelope.body))
+    assert json.dumps(event_to_json(event)) == json.dumps(event.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize("status", [200, 202])
+def test_the_event_answers_are_what_jsonresponse_renders(status):
+    from starlette.responses import JSONResponse
+
+    from opcore_hooks.ingress import _json
+
+    payload = {"status": "accepted", "event_id": 'é "x" \u2028 \\ 📦'}
+    ours, theirs = _json(payload, status), JSONResponse(payload, status_code=status)
+    assert (ours.body, ours.status_code, ours.raw_headers) == (theirs.body, theirs.status_code, theirs.raw_headers)
