@@ -69,6 +69,11 @@ class Proc:
         except OSError:
             return ""
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU the process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def check(self) -> None:
         if self.popen.poll() is not None:
             raise BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")

@@ -81,8 +81,10 @@ def main() -> None:
         time.sleep(0.5)
 
         events = [claim_event("store_pipe", f"pipe-{rid}-{i}", i) for i in range(n)]
+        cpu_before = {p.name: p.cpu_seconds() for p in st.procs}
         first_post, last_post = post_burst(st, events, concurrency=args.concurrency)
         done = st.wait_stat("tickets", len(warm) + n, time.monotonic() + args.timeout)
+        cpu = {p.name: (p.cpu_seconds() - cpu_before[p.name]) / n * 1000 for p in st.procs}
         stats = st.stats()
         after = yardstick(st.sandbox_url, yard_key, n)
 
@@ -106,6 +108,8 @@ def main() -> None:
           f"(posting took {last_post - first_post:5.2f} s, {n / (last_post - first_post):5.0f} events/s; "
           f"first ticket {1000 * (first_ticket - first_post):5.0f} ms after the first POST)")
     print(f"ratio opcore / yardstick: {rate / yard:.2f} (target >= 0.5)")
+    print("CPU per ticket while the claims went through: "
+          + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu.items()))
     print(f"checks: duplicate tickets {duplicates}, unexpected tickets {other}, 429/492 answers {limited}, "
           f"delivery stats {stats}")
 
