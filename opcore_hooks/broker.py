@@ -9,8 +9,10 @@
   round trip and, with a backlog, fetches one message each time a worker frees a slot: two
   round trips per message, a third of what one ticket cost a worker (bench/pipeline.py).
   ``_Consumer`` acks everything finished since its last turn in one script, and fetches only
-  once a quarter of its prefetch is free. An ack held back is at worst a message delivered
-  again after a crash, which Dramatiq's at-least-once delivery already asks every actor to bear.
+  once a quarter of its prefetch is free. Acks not yet sent belong to the broker, so a consumer
+  replaced after a connection error leaves them to its successor; an ack held back is at worst
+  a message delivered again after the process dies, which Dramatiq's at-least-once delivery
+  already asks every actor to bear.
 - **Counters released by the ack.** A message whose ``RELEASES`` option names a Redis counter
   decrements it (and deletes it at zero) when it is acked or rejected, in the ack's own round
   trip: the dispatcher counts each store's unfinished events this way (its fairness lanes).
@@ -34,11 +36,13 @@ log = logging.getLogger("opcore.broker")
 #: The message option naming a counter to decrement once the message is acked or rejected.
 RELEASES = "opcore_releases"
 
-# KEYS: this worker's fetched-but-unacked set for the queue, the queue's messages hash.
-# ARGV: pairs of message id and the counter it releases ('' for none). Dramatiq's own "ack",
-# for many messages at once, each releasing its counter if it was still ours to ack.
+# KEYS: this worker's fetched-but-unacked set for the queue, the queue's messages hash, the
+# heartbeats zset. ARGV: worker id, now (ms), then pairs of message id and the counter it
+# releases ('' for none). Dramatiq's own "ack" for many messages at once, each releasing its
+# counter only if it was still ours to ack; like every Dramatiq command, it beats the heart.
 _ACK_MANY = """
-for i = 1, #ARGV, 2 do
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+for i = 3, #ARGV, 2 do
   if redis.call('SREM', KEYS[1], ARGV[i]) > 0 then
     redis.call('HDEL', KEYS[2], ARGV[i])
     local counter = ARGV[i + 1]
@@ -52,12 +56,38 @@ if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
 """
 
 
+class _PendingAcks:
+    """Acks finished but not yet sent, per queue, owned by the broker: a consumer that Dramatiq
+    replaces after a connection error hands them to its successor instead of dropping them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_queue: dict[str, list[str]] = {}
+
+    def add(self, queue_name: str, message_id: str, releases: str) -> None:
+        with self._lock:
+            self._by_queue.setdefault(queue_name, []).extend((message_id, releases))
+
+    def take(self, queue_name: str) -> list[str]:
+        with self._lock:
+            return self._by_queue.pop(queue_name, [])
+
+    def give_back(self, queue_name: str, pairs: list[str]) -> None:
+        with self._lock:
+            self._by_queue[queue_name] = pairs + self._by_queue.get(queue_name, [])
+
+    def count(self, queue_name: str) -> int:
+        with self._lock:
+            return len(self._by_queue.get(queue_name, [])) // 2
+
+
 class _Consumer(_RedisConsumer):
     def __init__(self, broker: Broker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)
-        self._acks: list[str] = []
-        self._acks_lock = threading.Lock()
         self._batch = max(1, prefetch // 4)
+        # A delayed message is acked on its delay queue when it moves to its real queue; the
+        # work (and the count) is released by the ack there, not twice.
+        self._releases = not queue_name.endswith(".DQ")
 
     @property
     def outstanding_message_count(self) -> int:
@@ -67,40 +97,50 @@ class _Consumer(_RedisConsumer):
         return outstanding if outstanding <= self.prefetch - self._batch else self.prefetch
 
     def ack(self, message: MessageProxy) -> None:
-        with self._acks_lock:
-            self._acks += [message.options["redis_message_id"], message.options.get(RELEASES) or ""]
+        releases = (message.options.get(RELEASES) or "") if self._releases else ""
+        self.broker.pending_acks.add(self.queue_name, message.options["redis_message_id"], releases)
         self.queued_message_ids.discard(message.message_id)
 
     def nack(self, message: MessageProxy) -> None:
         super().nack(message)
-        counter = message.options.get(RELEASES)
+        counter = message.options.get(RELEASES) if self._releases else None
         if counter:
-            self.broker.release(keys=[counter])
+            try:
+                self.broker.release(keys=[counter])
+            except redis.RedisError as exc:  # an approximate count, never worth failing the nack
+                log.warning("could not release %s after a rejected message: %s", counter, type(exc).__name__)
 
     def flush_acks(self) -> None:
-        with self._acks_lock:
-            ids, self._acks = self._acks, []
-        if not ids:
+        pending, broker = self.broker.pending_acks, self.broker
+        pairs = pending.take(self.queue_name)
+        if not pairs:
             return
-        broker = self.broker
         try:
             broker.ack_many(keys=[f"{broker.namespace}:__acks__.{broker.broker_id}.{self.queue_name}",
-                                  f"{broker.namespace}:{self.queue_name}.msgs"], args=ids)
-        except redis.ConnectionError as exc:
-            with self._acks_lock:
-                self._acks[:0] = ids  # kept for the next turn; lost only with the process
+                                  f"{broker.namespace}:{self.queue_name}.msgs", f"{broker.namespace}:__heartbeats__"],
+                            args=[broker.broker_id, int(time.time() * 1000), *pairs])
+        except redis.RedisError as exc:
+            pending.give_back(self.queue_name, pairs)  # sent by whichever consumer runs next
             raise ConnectionClosed(exc) from None
 
     def __next__(self) -> MessageProxy | None:
-        self.flush_acks()
+        # Only when about to fetch: a failure then is the one Dramatiq already handles (its
+        # consumer restarts with nothing in hand), never one that drops prefetched messages.
+        if not self.message_cache:
+            self.flush_acks()
         return super().__next__()
 
     def close(self) -> None:
         try:
             self.flush_acks()
-        except ConnectionClosed:
-            log.warning("Redis is unavailable: %d ack(s) of %s not sent; those messages will be "
-                        "delivered again", len(self._acks) // 2, self.queue_name)
+            if self.message_cache:  # prefetched, never handed out: back to their queue now
+                self.broker.do_requeue(self.queue_name, *[Message.decode(data).options["redis_message_id"]
+                                                          for data in self.message_cache if data])
+                self.message_cache = []
+        except (ConnectionClosed, redis.RedisError):
+            log.warning("Redis is unavailable: %d ack(s) of %s wait for the next consumer; messages "
+                        "it had prefetched come back when this worker is declared dead",
+                        self.broker.pending_acks.count(self.queue_name), self.queue_name)
         super().close()
 
 
@@ -110,6 +150,7 @@ class Broker(RedisBroker):
         self.enqueue_wait_seconds = enqueue_wait_seconds
         self.ack_many = self.client.register_script(_ACK_MANY)
         self.release = self.client.register_script(_RELEASE)
+        self.pending_acks = _PendingAcks()
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:

@@ -2,9 +2,12 @@
 
 ``dispatch`` runs once per accepted event: it feeds the read model, then calls each
 plugin's hook separately. A plugin that raises gets its own ``deliver`` message, retried with
-Dramatiq's exponential backoff for that plugin alone, so a broken plugin never delays or
-repeats another plugin's work. Dramatiq delivers at least once: a redelivered dispatch calls
-the hooks again, which is why hooks must be idempotent per claim.
+Dramatiq's exponential backoff for that plugin alone, so a broken plugin never repeats another
+plugin's work. A slow hook does delay the hooks after it for the same event: a hook may do its
+remote work inline (the Richpanel plugin opens the ticket right here when its key's pacing
+allows, each request bounded by its timeout), and must send anything that waits as a message.
+Dramatiq delivers at least once: a redelivered dispatch calls the hooks again, which is why
+hooks must be idempotent per claim.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from opcore_hooks import ClaimCreated, ClaimStatusChanged, Host
 
 from . import parking, session, stores, tickets
 from .client import AuthError, ClientError, RateLimited, RichpanelClient, RichpanelError
-from .ledger import EPSILON, Kind, Ledger, Turn, snapshot
+from .ledger import EPSILON, Kind, Ledger, Snapshot, Turn, snapshot
 
 log = logging.getLogger("opcore.richpanel")
 
@@ -61,6 +61,9 @@ class Job:
     attempt: int = 0
     claim: ClaimCreated | None = None
     raw: dict[str, Any] | None = None
+    #: Straight from the event: a store found disconnected meanwhile is skipped, as the hook
+    #: skips it, rather than parked (parked work would be sent once the store reconnects).
+    first: bool = False
 
     @property
     def args(self) -> list[Any]:
@@ -99,7 +102,7 @@ class Delivery:
         self.ledger = Ledger(host, self.pacer, lock_ms)
         #: Each store's settings as this process last read them, with their snapshot; taking a
         #: turn checks the snapshot against Redis, so a change is seen at the next request.
-        self._stores: dict[str, tuple[str, stores.StoreConfig | None]] = {}
+        self._stores: dict[str, tuple[Snapshot, stores.StoreConfig | None]] = {}
         options = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000, "on_retry_exhausted": "opcore.exhausted"}
         self.create_actor = host.actor(self.create_ticket, plugin=NAME, **options)
         self.snooze_actor = host.actor(self.snooze_ticket, plugin=NAME, **options)
@@ -118,13 +121,13 @@ class Delivery:
     def stats(self) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in self.redis.hgetall(self.host.key(NAME, "stats")).items()}
 
-    def store(self, store_id: str, *, fresh: bool = False) -> tuple[str, stores.StoreConfig | None]:
+    def store(self, store_id: str, *, fresh: bool = False) -> tuple[Snapshot, stores.StoreConfig | None]:
         """The store's settings (key decrypted) and their snapshot; from this process's cache
         unless ``fresh``. None when the store never configured Richpanel."""
         cached = None if fresh else self._stores.get(store_id)
         return cached or self._remember(store_id, stores.stored_fields(self.host, store_id))
 
-    def _remember(self, store_id: str, fields: dict[str, str]) -> tuple[str, stores.StoreConfig | None]:
+    def _remember(self, store_id: str, fields: dict[str, str]) -> tuple[Snapshot, stores.StoreConfig | None]:
         entry = (snapshot(fields), stores.from_fields(self.host, store_id, fields) if fields else None)
         self._stores[store_id] = entry
         return entry
@@ -158,7 +161,7 @@ class Delivery:
             if not _usable(config):
                 snap, config = self.store(job.store_id, fresh=True)
                 if not _usable(config):
-                    self._unusable(job)
+                    self._unusable(job, config)
                     return
             assert config is not None and config.api_key is not None
             turn = self.ledger.begin(job.kind, job.store_id, job.claim_id, config.api_key.get_secret_value(),
@@ -166,7 +169,7 @@ class Delivery:
             if turn.outcome != "stale":
                 break
             assert turn.fields is not None
-            self._remember(job.store_id, turn.fields)
+            self._remember(job.store_id, turn.fields)  # an unusable store is handled above, afresh
         else:
             raise RuntimeError(f"the Richpanel settings of store {job.store_id} kept changing; retrying later")
         if turn.outcome == "ticket":  # created already: only a wanted snooze is left
@@ -189,8 +192,10 @@ class Delivery:
         if snooze == "wanted":
             self.request_snooze(job.store_id, job.claim_id)
 
-    def _unusable(self, job: Job) -> None:
+    def _unusable(self, job: Job, config: stores.StoreConfig | None) -> None:
         """No usable key (store disconnected, or its key rejected): park what is still to do."""
+        if job.first and (config is None or not config.enabled):
+            return
         ticket_id, snooze = (v.decode() if v else None for v in self.redis.hmget(
             self.claim_key(job.store_id, job.claim_id), "ticket_id", "snooze"))
         if job.kind == "create" and ticket_id is not None:
@@ -229,8 +234,8 @@ class Delivery:
             stores.mark_invalid(self.host, job.store_id, str(exc), api_key=api_key)
             self.park(job)
             return None
-        except ClientError as exc:
-            ledger.finish(job.store_id, job.claim_id, turn, {"pending": "0"})
+        except ClientError as exc:  # a refused lookup leaves pending set: a replay looks up again
+            ledger.finish(job.store_id, job.claim_id, turn, {"pending": "0"} if step == "create" else None)
             self.dead(job, f"Richpanel refused the ticket: {exc}")
             return None
         except RichpanelError as exc:  # server errors and transport failures: the outcome is unknown
@@ -328,7 +333,7 @@ def claim_created(host: Host, claim: ClaimCreated) -> None:
     without Richpanel are skipped."""
     delivery = delivery_for(host)
     if _configured(delivery, claim.store_id, enabled=True):
-        delivery.run(Job("create", claim.store_id, claim.claim_id, claim=claim))
+        delivery.run(Job("create", claim.store_id, claim.claim_id, claim=claim, first=True))
 
 
 def claim_status_changed(host: Host, change: ClaimStatusChanged) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
 from opcore_hooks import Host
@@ -36,20 +36,31 @@ EPSILON = 0.05
 
 # KEYS: store hash, claim hash, claim lock, slots, blocked, limit, sent.
 # ARGV: store snapshot, kind, now, window, quota, member, reserve margin, admit margin, lock token,
-#       lock ms, slot ('' when none was reserved yet), epsilon.
+#       lock ms, slot ('' when none was reserved yet), epsilon, then the snapshot's field names.
+# The snapshot is the fields' values in the order Python names them (no sorting in Lua, whose
+# string order follows Redis's locale). A rerun of the same call (redis-py retries one whose
+# answer was lost) finds its own lock token and goes on, instead of waiting out its own lock.
 _BEGIN = PACING_LUA + """
-local flat = redis.call('HGETALL', KEYS[1])
-local names, values = {}, {}
-for i = 1, #flat, 2 do names[#names + 1] = flat[i]; values[flat[i]] = flat[i + 1] end
-table.sort(names)
-local parts = {}
-for _, name in ipairs(names) do parts[#parts + 1] = name; parts[#parts + 1] = values[name] end
-if table.concat(parts, '\\0') ~= ARGV[1] then return {'stale', flat} end
+local names = {}
+for i = 13, #ARGV do names[#names + 1] = ARGV[i] end
+local stale = redis.call('HLEN', KEYS[1]) ~= #names
+if not stale and #names > 0 then
+  local values = redis.call('HMGET', KEYS[1], unpack(names))
+  local parts = {}
+  for i, name in ipairs(names) do
+    if not values[i] then stale = true; break end
+    parts[#parts + 1] = name; parts[#parts + 1] = values[i]
+  end
+  stale = stale or table.concat(parts, '\\0') ~= ARGV[1]
+end
+if stale then return {'stale', redis.call('HGETALL', KEYS[1])} end
 local claim = redis.call('HMGET', KEYS[2], 'ticket_id', 'pending', 'snooze')
 local ticket, pending, snooze = claim[1] or '', claim[2] or '', claim[3] or ''
 if ARGV[2] == 'create' and ticket ~= '' then return {'ticket', ticket, snooze} end
 if ARGV[2] == 'snooze' and (ticket == '' or snooze == 'done') then return {'skip', ticket, snooze} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'busy'} end
+local holder = redis.call('GET', KEYS[3])
+if holder == ARGV[9] then return {'go', ticket, snooze, pending} end
+if holder then return {'busy'} end
 local now, window, quota = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local slot = tonumber(ARGV[11])
 if not slot then slot = reserve(KEYS[4], KEYS[5], KEYS[6], now, window, quota, ARGV[6], tonumber(ARGV[7])) end
@@ -80,9 +91,17 @@ return false
 """
 
 
-def snapshot(fields: Mapping[str, str]) -> str:
-    """The store's fields as _BEGIN compares them: sorted by name, NUL-separated."""
-    return "\0".join(part for name in sorted(fields) for part in (name, fields[name]))
+@dataclass(frozen=True)
+class Snapshot:
+    """A store's fields as _BEGIN compares them: the names, and names with values NUL-separated."""
+
+    names: tuple[str, ...]
+    joined: str
+
+
+def snapshot(fields: Mapping[str, str]) -> Snapshot:
+    names = tuple(sorted(fields))
+    return Snapshot(names, "\0".join(part for name in names for part in (name, fields[name])))
 
 
 @dataclass
@@ -95,7 +114,7 @@ class Turn:
     pending: bool = False
     at: float | None = None
     fields: dict[str, str] | None = None
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)
     member: str = ""
     token: str = ""
     finished: bool = False
@@ -130,15 +149,16 @@ class Ledger:
     def set(self, store_id: str, claim_id: str, **fields: str) -> None:
         self.redis.hset(self.claim_key(store_id, claim_id), mapping=fields)
 
-    def begin(self, kind: Kind, store_id: str, claim_id: str, api_key: str, store_snapshot: str,
+    def begin(self, kind: Kind, store_id: str, claim_id: str, api_key: str, store_snapshot: Snapshot,
               slot: float | None, now: float | None = None) -> Turn:
         now = time.time() if now is None else now
         pacer, member, token = self.pacer, uuid.uuid4().hex, secrets.token_hex(8)
         reply = self._begin(
             keys=[self.store_key(store_id), self.claim_key(store_id, claim_id), self._lock_key(store_id, claim_id),
                   *pacer.keys(api_key)],
-            args=[store_snapshot, kind, repr(now), repr(pacer.window), pacer.quota, member, repr(pacer.margin),
-                  repr(pacer.ADMIT_MARGIN), token, self.lock_ms, "" if slot is None else repr(slot), EPSILON],
+            args=[store_snapshot.joined, kind, repr(now), repr(pacer.window), pacer.quota, member,
+                  repr(pacer.margin), repr(pacer.ADMIT_MARGIN), token, self.lock_ms, "" if slot is None else repr(slot),
+                  EPSILON, *store_snapshot.names],
         )
         outcome = reply[0].decode()
         if outcome == "stale":

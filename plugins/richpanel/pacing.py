@@ -1,10 +1,12 @@
 """Per-API-key pacing shared by every worker through Redis.
 
 Richpanel allows ``quota`` requests per ``window`` seconds per account and answers 429 (or
-492) past it. Instead of trying and backing off, each request *reserves* a slot: the earliest
-time at which the sliding window still has room. A backlog therefore turns into messages
-scheduled at the quota's pace, each fetched once when its slot comes (no thrashing of the
-delay queue), and a store's backlog never occupies the workers another store needs.
+492) past it. Instead of trying and backing off, each piece of work *reserves* a slot: the
+earliest time at which the sliding window still has room. A backlog therefore turns into
+messages scheduled at the quota's pace, each fetched once when its slot comes (no thrashing of
+the delay queue), and a store's backlog never occupies the workers another store needs. Every
+request is then *admitted* against the requests really sent (a create that follows a lookup
+in the same turn is admitted without a reservation of its own).
 
 A rate-limit answer blocks the key until its ``Retry-After`` has passed; reservations made
 before the block are re-checked when they run. ``X-RateLimit-Remaining`` lower than our own

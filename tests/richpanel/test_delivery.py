@@ -293,3 +293,34 @@ def test_paced_delivery_keeps_under_the_quota_without_meeting_it(rp, monkeypatch
     settle(host, worker, lambda: len(tickets(sandbox)) == 10, timeout=30)
     assert sandbox.state.rate_limited[KEY] == 0
     assert delivery.stats()["tickets"] == 10
+
+
+def test_a_store_disconnected_since_this_process_read_it_gets_no_ticket_and_nothing_parked(rp):
+    host, worker, sandbox = rp
+    first = claim_created(claim_id="before-disconnect")
+    post(host, first)
+    settle(host, worker, lambda: ticket_of(host, "before-disconnect"))  # the store's settings are now cached
+    assert stores.disconnect(host, STORE)  # as the settings API does, from another process
+    post(host, claim_created(claim_id="after-disconnect"))
+    drain(host, worker)
+    assert ticket_of(host, "after-disconnect") is None
+    assert len(requests(sandbox, "POST", "/v1/tickets")) == 1
+    assert parking.parked_count(host, STORE) == 0
+
+
+def test_a_turn_whose_answer_was_lost_and_is_asked_again_goes_on(rp, monkeypatch):
+    """redis-py sends a command again when its answer is lost; the rerun must not find its own
+    lock held by someone else and wait the lock out."""
+    host, worker, sandbox = rp
+    from plugins.richpanel import ledger as ledger_module
+
+    delivery = actors.delivery_for(host)
+    snap, config = delivery.store(STORE, fresh=True)
+    monkeypatch.setattr(ledger_module.secrets, "token_hex", lambda n: "same-token")
+    monkeypatch.setattr(ledger_module.uuid, "uuid4", lambda: type("U", (), {"hex": "same-member"})())
+    key = config.api_key.get_secret_value()
+    first = delivery.ledger.begin("create", STORE, "lost-answer", key, snap, None)
+    again = delivery.ledger.begin("create", STORE, "lost-answer", key, snap, None)
+    assert (first.outcome, again.outcome) == ("go", "go")
+    monkeypatch.setattr(ledger_module.secrets, "token_hex", lambda n: "another-worker")
+    assert delivery.ledger.begin("create", STORE, "lost-answer", key, snap, None).outcome == "busy"
