@@ -147,8 +147,11 @@ class Dispatcher:
             store_id=store_id, claim_id=claim_id,
         )
 
-    async def accept(self, event: Event, seen_key: str, ttl_seconds: int) -> bool:
+    async def accept(self, event: Event, seen_key: str, ttl_seconds: int, *, wire: dict[str, Any] | None = None) -> bool:
         """Mark ``event`` seen and enqueue it in one atomic step; False if it was seen before.
+
+        ``wire`` is the event's broker form when the caller has it already (the ingress passes
+        the envelope as received, which validated into ``event``); else ``event`` is dumped.
 
         One Lua script does both, so there is no moment at which an event is marked seen but
         not queued (a crash there would turn Order Protection's redelivery into a "duplicate"
@@ -160,7 +163,7 @@ class Dispatcher:
         """
         message_id = _random_uuid()
         inflight = self._inflight_key(getattr(event.body, "store_id", None))
-        encoded = self._encode_dispatch(event_to_json(event), message_id, inflight)
+        encoded = self._encode_dispatch(event_to_json(event) if wire is None else wire, message_id, inflight)
         queue, msgs, bulk, bulk_msgs = self._lanes
         accepted = await self.committer.call(
             [seen_key, msgs, queue, inflight, bulk_msgs, bulk],
@@ -212,7 +215,9 @@ def _ids(args: list[Any]) -> tuple[str | None, str | None]:
     for arg in args:
         if isinstance(arg, dict):
             body = arg.get("body", arg)
-            if isinstance(body, dict) and ("claim_id" in body or "store_id" in body):
-                return body.get("store_id"), body.get("claim_id")
+            if isinstance(body, dict):  # snake_case as dumped, or camelCase as Order Protection may send
+                store_id, claim_id = body.get("store_id", body.get("storeId")), body.get("claim_id", body.get("claimId"))
+                if store_id is not None or claim_id is not None:
+                    return store_id, claim_id
     strings = [a for a in args if isinstance(a, str)]
     return (strings[0] if strings else None), (strings[1] if len(strings) > 1 else None)

@@ -202,12 +202,16 @@ def parse_body(topic: str, body: dict[str, Any]) -> BaseModel:
 
 
 def event_from_json(data: dict[str, Any]) -> Event:
-    """Rebuild an Event from its broker form, choosing the body model by topic, not by guess."""
+    """Rebuild an Event from its broker form, choosing the body model by topic, not by guess.
+
+    The body goes through ``parse_body``, as at the ingress: the broker form may be the body as
+    Order Protection sent it (a state implied by its topic, camelCase names).
+    """
     return Event(
         id=data["id"],
         topic=data["topic"],
         created_at=data.get("created_at"),
-        body=BODY_MODELS[data["topic"]].model_validate(data["body"]),
+        body=parse_body(data["topic"], data["body"]),
     )
 
 

@@ -84,11 +84,15 @@ class Ingress:
             fields = ", ".join(d["field"] for d in details)
             return error(422, f"the {topic} body is invalid: {fields}", details)
         event = Event(id=envelope.id, topic=topic, created_at=envelope.created_at, body=body)
-        return await self._accept(event)
+        # Enqueued as it came, validated: the worker validates it again into the same models,
+        # and dumping the models here again cost more than validating them.
+        wire = {"id": envelope.id, "topic": topic, "created_at": data.get("created_at"), "body": data["body"]}
+        return await self._accept(event, wire)
 
-    async def _accept(self, event: Event) -> Response:
+    async def _accept(self, event: Event, wire: dict[str, Any]) -> Response:
         try:
-            accepted = await self.host.dispatcher.accept(event, self._seen_key(event.id), self.host.settings.event_ttl_seconds)
+            accepted = await self.host.dispatcher.accept(event, self._seen_key(event.id),
+                                                         self.host.settings.event_ttl_seconds, wire=wire)
         except (RedisError, BrokerError, ConnectionError, OSError) as exc:
             log.error("broker unavailable, event %s not accepted: %s", event.id, type(exc).__name__)
             return error(503, "the queue is unavailable; the event was not accepted, retry later")

@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 
 from opcore_hooks.testing import WEBHOOK_SECRET
 from opcore_hooks.app import create_app
+from opcore_hooks.events import event_from_json
 from opcore_hooks.host import Host
 
 URL = "/webhooks/orderprotection"
@@ -74,7 +75,9 @@ def test_both_topic_spellings_are_the_same_topic(client, host, topic):
 def test_camelcase_approval_as_order_protection_documents_it(client, host):
     answer = client.post(URL, json=approved("claim-9"), headers=HEADERS)
     assert answer.status_code == 202
-    body = queued(host)[0]["args"][0]["body"]
+    event = event_from_json(queued(host)[0]["args"][0])  # what the worker makes of the message
+    assert event.topic == "claim.approved"
+    body = event.body.model_dump(mode="json")
     assert (body["claim_id"], body["store_id"], body["claim_state"]) == ("claim-9", "store_123", "APPROVED")
     assert body["resolutions"][0]["type"] == "RESHIP"
 
