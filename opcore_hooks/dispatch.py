@@ -23,7 +23,7 @@ from dramatiq.encoder import JSONEncoder
 
 from .broker import RELEASES
 from .committer import Committer
-from .events import Event, event_from_json, event_to_json
+from .events import Event, event_from_json
 
 if TYPE_CHECKING:
     from .host import Host
@@ -151,7 +151,7 @@ class Dispatcher:
         """Mark ``event`` seen and enqueue it in one atomic step; False if it was seen before.
 
         ``wire`` is the event's broker form when the caller has it already (the ingress passes
-        the envelope as received, which validated into ``event``); else ``event`` is dumped.
+        ``events.received_form``); else ``event`` is dumped.
 
         One Lua script does both, so there is no moment at which an event is marked seen but
         not queued (a crash there would turn Order Protection's redelivery into a "duplicate"
@@ -163,7 +163,7 @@ class Dispatcher:
         """
         message_id = _random_uuid()
         inflight = self._inflight_key(getattr(event.body, "store_id", None))
-        encoded = self._encode_dispatch(event_to_json(event) if wire is None else wire, message_id, inflight)
+        encoded = self._encode_dispatch(event.model_dump(mode="json") if wire is None else wire, message_id, inflight)
         queue, msgs, bulk, bulk_msgs = self._lanes
         accepted = await self.committer.call(
             [seen_key, msgs, queue, inflight, bulk_msgs, bulk],

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from .auth import secret_matches
 from .bodies import BodyError, read_json
-from .events import BODY_MODELS, Envelope, Event, normalize_topic, parse_body
+from .events import BODY_MODELS, Envelope, Event, normalize_topic, parse_body, received_form
 
 if TYPE_CHECKING:
     from .host import Host
@@ -84,10 +84,8 @@ class Ingress:
             fields = ", ".join(d["field"] for d in details)
             return error(422, f"the {topic} body is invalid: {fields}", details)
         event = Event(id=envelope.id, topic=topic, created_at=envelope.created_at, body=body)
-        # Enqueued as it came, validated: the worker validates it again into the same models,
-        # and dumping the models here again cost more than validating them.
-        wire = {"id": envelope.id, "topic": topic, "created_at": data.get("created_at"), "body": data["body"]}
-        return await self._accept(event, wire)
+        # Enqueued as it came, validated: dumping the models again cost more than validating them.
+        return await self._accept(event, received_form(data, event))
 
     async def _accept(self, event: Event, wire: dict[str, Any]) -> Response:
         try:
