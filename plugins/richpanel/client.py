@@ -7,6 +7,7 @@ answer lost in transit) to decide whether retrying is safe.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -116,6 +117,11 @@ def _segment(value: str) -> str:
     return quote(str(value), safe="")
 
 
+@functools.lru_cache(maxsize=256)  # parsing a URL is most of building a request; few repeat often
+def _url(text: str) -> httpx.URL:
+    return httpx.URL(text)
+
+
 class Team(BaseModel):
     """A Richpanel team; its UUID (not its name) is what ticket assignment needs."""
 
@@ -124,10 +130,35 @@ class Team(BaseModel):
     name: str = ""
 
 
-class RichpanelClient:
-    """One Richpanel account (API key) over a possibly shared httpx connection pool."""
+class ClientTransport(httpx.BaseTransport):
+    """Sends through an httpx-style client instead of a socket: Starlette's TestClient around
+    the sandbox app, in tests. Only the answer's status, headers and body cross over."""
 
-    def __init__(self, base_url: str, api_key: str, *, http: httpx.Client | None = None,
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.client.request(request.method, str(request.url), content=request.read(),
+                                     headers=request.headers.multi_items())
+        return httpx.Response(answer.status_code, headers=answer.headers.multi_items(), content=answer.content,
+                              request=request)
+
+
+def transport_of(http: httpx.BaseTransport | Any) -> httpx.BaseTransport:
+    """A transport as is; anything else with ``request()`` (an httpx or httpx2 Client) wrapped."""
+    return http if isinstance(http, httpx.BaseTransport) else ClientTransport(http)
+
+
+class RichpanelClient:
+    """One Richpanel account (API key) over a possibly shared httpx transport (connection pool).
+
+    Requests go straight to the transport, not through an ``httpx.Client``: the client's
+    cookie jar, URL merging, auth and redirect layers cost a worker about a quarter of its
+    CPU per ticket (bench/worker_cpu.py) and Richpanel's API uses none of them. Timeouts
+    travel with each request, as httpx's own client sends them.
+    """
+
+    def __init__(self, base_url: str, api_key: str, *, http: httpx.BaseTransport | Any = None,
                  timeout: float = 10.0,
                  on_response: Callable[[httpx.Response], None] | None = None) -> None:
         base = base_url.rstrip("/")
@@ -135,9 +166,9 @@ class RichpanelClient:
             base = base[: -len("/v1")]
         self.base_url = base
         self._api_key = api_key
-        self._timeout = timeout
+        self._timeout = httpx.Timeout(timeout).as_dict()
         self._owns_http = http is None
-        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._http = httpx.HTTPTransport() if http is None else transport_of(http)
         self._on_response = on_response
         self.last_rate_limit: RateLimitInfo | None = None
 
@@ -225,12 +256,15 @@ class RichpanelClient:
 
     def _request(self, method: str, path: str, op: str, payload: Any = None) -> Any:
         """`op` names the route without its values so errors never carry customer emails."""
-        headers = {KEY_HEADER: self._api_key, "accept": "application/json"}
+        request = httpx.Request(method, _url(f"{self.base_url}/v1{path}"), json=payload,
+                                headers={KEY_HEADER: self._api_key, "accept": "application/json"},
+                                extensions={"timeout": self._timeout})
         try:
-            # build_request + send: a per-request timeout that also works on a shared pool
-            request = self._http.build_request(method, f"{self.base_url}/v1{path}", json=payload,
-                                               headers=headers, timeout=self._timeout)
-            response = self._http.send(request)
+            response = self._http.handle_request(request)
+            try:
+                response.read()
+            finally:
+                response.close()
         except httpx.TransportError as exc:
             detail = self._scrub(str(exc)) or "no detail"
             raise TransportError(

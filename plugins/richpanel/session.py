@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import httpx
 
 from opcore_hooks import Host
 
-from .client import RateLimited, RichpanelClient
+from .client import RateLimited, RichpanelClient, transport_of
 from .pacing import Pacer
 from .settings import RichpanelSettings
 
 NAME = "richpanel"
 T = TypeVar("T")
 
-_http: weakref.WeakKeyDictionary[Host, httpx.Client] = weakref.WeakKeyDictionary()
+_http: weakref.WeakKeyDictionary[Host, httpx.BaseTransport] = weakref.WeakKeyDictionary()
 _pacers: weakref.WeakKeyDictionary[Host, Pacer] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
@@ -32,10 +32,11 @@ def settings_of(host: Host) -> RichpanelSettings:
     return found if isinstance(found, RichpanelSettings) else RichpanelSettings()
 
 
-def set_http(host: Host, client: httpx.Client) -> None:
-    """Use ``client`` (e.g. a TestClient around the sandbox) for every Richpanel call of ``host``."""
+def set_http(host: Host, http: httpx.BaseTransport | Any) -> None:
+    """Send every Richpanel call of ``host`` through ``http``: a transport (e.g. httpx's
+    MockTransport), or a client such as Starlette's TestClient around the sandbox."""
     with _lock:
-        _http[host] = client
+        _http[host] = transport_of(http)
 
 
 def client_for(host: Host, api_key: str) -> RichpanelClient:
@@ -44,8 +45,7 @@ def client_for(host: Host, api_key: str) -> RichpanelClient:
     with _lock:
         http = _http.get(host)
         if http is None:
-            http = _http[host] = httpx.Client(
-                timeout=settings.timeout_seconds,
+            http = _http[host] = httpx.HTTPTransport(
                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
             weakref.finalize(host, http.close)  # the pool lives exactly as long as its host
     return RichpanelClient(settings.api_url, api_key, http=http, timeout=settings.timeout_seconds)
