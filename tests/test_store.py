@@ -20,12 +20,12 @@ def test_each_thread_keeps_its_own_connection_across_commands(redis_client):
     barrier = threading.Barrier(4)
 
     def work(name: str) -> None:
-        barrier.wait()  # all four threads hold a connection at the same time
         ids = []
         for i in range(5):
             client.incr("pinned:counter")
             ids.append(_connection_of(client))
         seen[name] = ids
+        barrier.wait()  # no thread ends (and gives its connection back) before all have one
 
     threads = [threading.Thread(target=work, args=(f"t{i}",)) for i in range(4)]
     for t in threads:
