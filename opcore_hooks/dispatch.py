@@ -106,16 +106,19 @@ class Dispatcher:
         self._dispatch_event(event_from_json(data), data)
 
     def _dispatch_event(self, event: Event, data: dict[str, Any]) -> None:
-        self._feed_read_model(event)
-        hook = HOOK_FOR_TOPIC.get(event.topic)
-        if hook is None:
-            return
-        for name in self.host.implementers(hook):
-            try:
-                self._call(name, hook, event)
-            except Exception:  # noqa: BLE001 - isolation: one plugin's failure is its own
-                log.exception("plugin %r failed on %s %s; retrying it alone", name, event.topic, event.id)
-                self.deliver.send(name, data)
+        # The read model's write rides on the first plugin's first Redis command (or goes
+        # alone at the end): in Redis before any plugin acts, without a round trip of its own.
+        with self.host.redis.write_behind():
+            self._feed_read_model(event)
+            hook = HOOK_FOR_TOPIC.get(event.topic)
+            if hook is None:
+                return
+            for name in self.host.implementers(hook):
+                try:
+                    self._call(name, hook, event)
+                except Exception:  # noqa: BLE001 - isolation: one plugin's failure is its own
+                    log.exception("plugin %r failed on %s %s; retrying it alone", name, event.topic, event.id)
+                    self.deliver.send(name, data)
 
     def _deliver(self, plugin: str, data: dict[str, Any]) -> None:
         event = event_from_json(data)

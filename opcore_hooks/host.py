@@ -23,7 +23,7 @@ from .config import ConfigError, Settings
 from .deadletters import DeadLetters
 from .plugins import LoadedPlugins, load_plugins
 from .readmodel import ReadModel
-from .store import connect, pinned
+from .store import PinnedRedis, connect, pinned
 
 log = logging.getLogger("opcore.host")
 
@@ -37,7 +37,7 @@ class Host:
         plugins: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.redis: redis.Redis = pinned(redis_client) if redis_client else connect(self.settings.redis_url)
+        self.redis: PinnedRedis = pinned(redis_client) if redis_client else connect(self.settings.redis_url)
         self.broker = Broker(
             client=self.redis,
             namespace=self.key("dramatiq"),

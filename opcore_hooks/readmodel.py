@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from .config import Settings
 from .events import ClaimCreated, ClaimStatusChanged, Customer, Order, OrderUpserted
+from .store import pinned
 
 #: How many orders and claims are kept per customer; the oldest are dropped beyond it.
 CAP = 100
@@ -223,7 +224,7 @@ def _when(value: Any) -> datetime:
 
 class ReadModel:
     def __init__(self, client: redis.Redis, prefix: str, settings: Settings) -> None:
-        self.redis = client
+        self.redis = pinned(client)
         self.prefix = prefix
         self.settings = settings
         self._set_state = client.register_script(_SET_STATE)
@@ -245,7 +246,11 @@ class ReadModel:
 
     # -- writes --------------------------------------------------------------------------
     def record_claim(self, claim: ClaimCreated, event_time: datetime | None) -> None:
-        """Record the claim, its customer and its order in one round trip (_RECORD_CLAIM)."""
+        """Record the claim, its customer and its order in one script (_RECORD_CLAIM).
+
+        Deferred (``PinnedRedis.defer``): inside the dispatcher's write-behind block it travels
+        with the worker's next command, so it is in Redis before the ticket is asked for.
+        """
         email = claim.customer.email.lower()
         order_number = claim.order.order_number if claim.order else None
         view = ClaimView(
@@ -260,16 +265,21 @@ class ReadModel:
         store, version = claim.store_id, self.version_key(claim.store_id, email)
         claims_key, orders_key = self._k(store, email, "claims"), self._k(store, email, "orders")
         ident, row = self._order_row(claim.order, event_time) if claim.order is not None else ("", "")
-        counts = self._record_claim(
+
+        def trim(counts: list[Any]) -> None:
+            if int(counts[0]) > CAP:
+                self._trim(claims_key, "created_at", version)
+            if int(counts[1]) > CAP:
+                self._trim(orders_key, "placed_at", version)
+
+        self.redis.defer(
+            self._record_claim,
             keys=[claims_key, self._k(store, "claim", claim.claim_id), self._k(store, "parked", claim.claim_id),
                   version, self._k(store, email, "profile"), orders_key],
             args=[claim.claim_id, view.model_dump_json(), _iso(event_time), email, ident, row,
                   *self._profile_pairs(claim.customer)],
+            then=trim,
         )
-        if int(counts[0]) > CAP:
-            self._trim(claims_key, "created_at", version)
-        if int(counts[1]) > CAP:
-            self._trim(orders_key, "placed_at", version)
 
     def record_state(self, change: ClaimStatusChanged, event_time: datetime | None) -> bool:
         """Apply a state change; False when it is older than what is recorded.

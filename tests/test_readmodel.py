@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from opcore_hooks import readmodel
+from opcore_hooks import hookimpl, readmodel
 from opcore_hooks.app import create_app
 from opcore_hooks.testing import WEBHOOK_SECRET, approved, claim_created, drain, feed, state_changed
 
@@ -53,6 +53,21 @@ def test_events_through_ingress_and_worker_fill_the_read_model(make_host, run_wo
     assert [o.order_number for o in ctx.orders] == ["#1002", "#1001"]
     assert [(c.claim_number, c.claim_state, c.order_number) for c in ctx.claims] == [("OP-1", "APPROVED", "#1001")]
     assert ctx.claims[0].claim_url == "https://app.orderprotection.com/claims/view/c1"
+
+
+def test_a_plugin_finds_the_claim_in_the_read_model_before_it_acts(make_host):
+    """The write rides on the plugin's first Redis command (write-behind), never after it."""
+    seen = []
+
+    class Helpdesk:
+        @hookimpl
+        def on_claim_created(self, host, event, claim):
+            context = host.readmodel.customer_context(claim.store_id, claim.customer.email)
+            seen.append([c.claim_id for c in context.claims])
+
+    host = make_host({"helpdesk": Helpdesk()})
+    feed(host, claim_created(claim_id="c1"))
+    assert seen == [["c1"]]
 
 
 def test_email_is_matched_case_insensitively(host):

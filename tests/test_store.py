@@ -6,6 +6,8 @@ import threading
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from opcore_hooks.store import PinnedRedis, connect, pinned
 
@@ -81,3 +83,104 @@ def test_a_pinned_client_refuses_a_connection_handed_to_it():
     client = PinnedRedis(connection_pool=redis.ConnectionPool())
     with pytest.raises(TypeError, match="one connection per thread"):
         client.connection = object()
+
+
+# -- write-behind ---------------------------------------------------------------------------
+
+SET = "redis.call('SET', KEYS[1], ARGV[1]); return ARGV[1]"
+
+
+def test_a_deferred_write_lands_before_the_threads_next_command(redis_client):
+    client = pinned(redis_client)
+    script = client.register_script(SET)
+    with client.write_behind():
+        client.defer(script, ["wb:a"], ["1"])
+        assert redis_client.get("wb:a") is None  # not sent on its own
+        assert client.get("wb:a") == b"1"  # the next command carries it, ahead of itself
+    assert redis_client.get("wb:a") == b"1"
+
+
+def test_a_deferred_write_with_no_command_after_it_lands_when_the_block_ends(redis_client):
+    client = pinned(redis_client)
+    script = client.register_script(SET)
+    answers = []
+    with client.write_behind():
+        client.defer(script, ["wb:b"], ["2"], then=answers.append)
+        assert answers == []  # answers are handed over at the block's end
+    assert redis_client.get("wb:b") == b"2"
+    assert answers == [b"2"]
+
+
+def test_outside_a_block_a_deferred_write_runs_at_once(redis_client):
+    client = pinned(redis_client)
+    answers = []
+    client.defer(client.register_script(SET), ["wb:c"], ["3"], then=answers.append)
+    assert redis_client.get("wb:c") == b"3"
+    assert answers == [b"3"]
+
+
+def test_writes_deferred_on_one_thread_never_ride_on_anothers_commands(redis_client):
+    client = pinned(redis_client)
+    script = client.register_script(SET)
+    other_saw = []
+    with client.write_behind():
+        client.defer(script, ["wb:d"], ["4"])
+        thread = threading.Thread(target=lambda: other_saw.append(client.get("wb:d")))
+        thread.start()
+        thread.join()
+    assert other_saw == [None]
+    assert redis_client.get("wb:d") == b"4"
+
+
+def test_a_failed_block_sends_nothing_it_still_held(redis_client):
+    client = pinned(redis_client)
+    script = client.register_script(SET)
+    with pytest.raises(RuntimeError):
+        with client.write_behind():
+            client.defer(script, ["wb:e"], ["5"])
+            raise RuntimeError("the work failed; it will run again, writes and all")
+    client.get("wb:other")  # a later command carries nothing left over
+    assert redis_client.get("wb:e") is None
+
+
+def test_a_script_flushed_from_redis_is_loaded_again(redis_client):
+    client = pinned(redis_client)
+    script = client.register_script(SET)
+    with client.write_behind():
+        client.defer(script, ["wb:f"], ["first"])  # loaded once, for this client
+    client.script_flush()  # as a Redis restart does
+    with client.write_behind():
+        client.defer(script, ["wb:f"], ["6"])
+        assert client.get("wb:f") == b"first"  # NOSCRIPT: its answer was an error, the GET's was not
+    assert redis_client.get("wb:f") == b"6"  # run again, the script loaded, at the block's end
+
+
+def test_a_failing_deferred_write_raises_when_the_block_ends(redis_client):
+    client = pinned(redis_client)
+    broken = client.register_script("return redis.call('NOSUCHCOMMAND')")
+    with pytest.raises(redis.ResponseError):
+        with client.write_behind():
+            client.defer(broken, ["wb:g"], [])
+            client.set("wb:g", "7")  # the command it rode on still did its own work
+    assert redis_client.get("wb:g") == b"7"
+
+
+def test_a_connection_lost_mid_send_sends_the_deferred_write_again(redis_client, monkeypatch):
+    client = pinned(redis_client)
+    script = client.register_script(SET)
+    conn = client.connection
+    real_send, failures = conn.send_packed_command, []
+
+    def send_once_broken(command, check_health=True):
+        if not failures:
+            failures.append(1)
+            conn.disconnect()
+            raise redis.ConnectionError("connection lost while sending")
+        return real_send(command, check_health)
+
+    monkeypatch.setattr(conn, "send_packed_command", send_once_broken)
+    monkeypatch.setattr(conn, "retry", Retry(NoBackoff(), 1))  # as a client configured to retry once
+    with client.write_behind():
+        client.defer(script, ["wb:h"], ["8"])
+        assert client.get("wb:h") == b"8"  # redis-py's retry resent both
+    assert failures == [1]
