@@ -8,6 +8,7 @@ what bench/pipeline.py's worker spends, minus the HTTP stack when mocked. Use it
 a change moves the worker's cost; bench/pipeline.py is the end-to-end judge.
 
     python bench/worker_cpu.py [--claims 3000] [--threads 8] [--redis-url redis://127.0.0.1:6379/12]
+                               [--sandbox-url http://127.0.0.1:PORT]
 """
 
 from __future__ import annotations
@@ -52,18 +53,25 @@ def main() -> None:
     parser.add_argument("--claims", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    parser.add_argument("--sandbox-url", help="a running sandbox (quota off) instead of the mock")
     args = parser.parse_args()
-    header("worker CPU per ticket (in process, Richpanel mocked)", {
-        "claims": args.claims, "threads": args.threads, "redis": args.redis_url})
+    header("worker CPU per ticket (in process)", {
+        "claims": args.claims, "threads": args.threads, "redis": args.redis_url,
+        "richpanel": args.sandbox_url or "httpx.MockTransport"})
     # Pacing stays on (every turn runs it) but never holds anything back, as in bench/pipeline.py.
     os.environ.update(OPCORE_RICHPANEL_QUOTA="1000000", OPCORE_RICHPANEL_WINDOW_SECONDS="30",
-                      OPCORE_RICHPANEL_API_URL="http://richpanel.invalid")
+                      OPCORE_RICHPANEL_API_URL=args.sandbox_url or "http://richpanel.invalid")
     client = connect(args.redis_url)
     client.flushdb()
     settings = Settings(_env_file=None, redis_url=args.redis_url, webhook_secret=SECRET, admin_token="bench-admin",
                         master_key=generate_master_key(), namespace="opbench", plugins="")
     host = Host(settings, redis_client=client, plugins={"richpanel": plugin})
-    session.set_http(host, httpx.MockTransport(richpanel))
+    if args.sandbox_url:
+        httpx.put(f"{args.sandbox_url}/_sandbox/config", json={"quota": None}).raise_for_status()
+        httpx.post(f"{args.sandbox_url}/_sandbox/accounts",
+                   json={"api_key": KEY, "teams": [{"id": TEAM, "name": "Claims"}]}).raise_for_status()
+    else:
+        session.set_http(host, httpx.MockTransport(richpanel))
     stores.update(host, "store_cpu", SettingsUpdate(api_key=KEY, default_team_id=TEAM, default_channel="email"))
     with TestClient(create_app(host)) as app:
         for i in range(args.claims):
