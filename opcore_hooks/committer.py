@@ -33,6 +33,8 @@ from typing import Any, Sequence
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from .store import pinned
+
 log = logging.getLogger("opcore.committer")
 
 _STOP = object()
@@ -46,7 +48,7 @@ class Committer:
 
     def __init__(self, client: redis.Redis, script: str, *, name: str = "opcore-committer",
                  max_batch: int = 256) -> None:
-        self.client = client
+        self.client = pinned(client)  # the committer thread keeps one connection of the pool
         self.script = script
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self.name = name
@@ -158,11 +160,10 @@ class Committer:
         ``read_response``); that bookkeeping was a tenth of the process's time under load.
         Retries follow the connection's own Retry policy, as the pipeline's do (a rerun is
         safe: an event that was already marked answers "duplicate"). A connection that
-        failed half-way is dropped, never handed back with replies still unread.
+        failed half-way is closed, never used again with replies still unread.
         """
-        pool = self.client.connection_pool
         commands = [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args, _, _ in batch]
-        connection = pool.get_connection()
+        connection = self.client.connection  # this thread's own: no pool lock, no readiness poll
 
         def send_and_read() -> list[Any]:
             connection.send_packed_command(connection.pack_commands(commands))
@@ -177,10 +178,8 @@ class Committer:
         try:
             return connection.retry.call_with_retry(send_and_read, lambda _error: connection.disconnect())
         except BaseException:
-            connection.disconnect()
+            connection.disconnect()  # it reconnects on its next use, never with replies unread
             raise
-        finally:
-            pool.release(connection)
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any], Any]]) -> None:

@@ -67,7 +67,9 @@ class PinnedRedis(redis.Redis):
     steps lock the pool, and with eight worker threads that lock was the largest single cost
     of a Redis call (bench/worker_cpu.py). redis-py's own ``single_connection_client`` skips
     the pool but serialises every thread on one connection; this keeps one per thread.
-    Pipelines, transactions and pub/sub still take their connections from the pool.
+    Pipelines, transactions and pub/sub still take their connections from the pool. A process
+    thus holds one connection per thread that has used the client (a worker's threads, the web
+    tier's thread pool), each back in the pool when its thread ends.
 
     A pinned connection also allows *write-behind*: inside ``write_behind()``, ``defer()``
     queues a script whose answer nobody waits for, and it is sent in the same packet as the
