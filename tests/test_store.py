@@ -179,7 +179,9 @@ def test_a_connection_lost_mid_send_sends_the_deferred_write_again(redis_client,
         return real_send(command, check_health)
 
     monkeypatch.setattr(conn, "send_packed_command", send_once_broken)
-    monkeypatch.setattr(conn, "retry", Retry(NoBackoff(), 1))  # as a client configured to retry once
+    # As a client configured to retry once (redis-py 5 also asks for the errors to retry on).
+    monkeypatch.setattr(conn, "retry", Retry(NoBackoff(), 1))
+    monkeypatch.setattr(conn, "retry_on_error", [redis.ConnectionError], raising=False)
     with client.write_behind():
         client.defer(script, ["wb:h"], ["8"])
         assert client.get("wb:h") == b"8"  # redis-py's retry resent both
