@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import fakeredis
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 log = logging.getLogger("opcore.store")
 
@@ -44,8 +45,9 @@ class _Deferred:
     keys: list[Any]
     args: list[Any]
     then: Callable[[Any], None] | None
+    packed: list[bytes]  # the EVALSHA, packed when deferred: bad arguments fail the caller at once
     result: Any = None
-    failed: bool = False
+    error: redis.ResponseError | None = None
 
 
 class _Pinned:
@@ -113,67 +115,94 @@ class PinnedRedis(redis.Redis):
         """Run ``script`` with this thread's next command; at once outside ``write_behind()``.
 
         Only for idempotent writes: a connection error may send one twice. ``then`` gets the
-        script's answer at the end of the block (at once outside one).
+        script's answer at the end of the block (at once outside one); it is for follow-ups
+        that may be skipped: a ``then`` that raises is logged, and the block goes on.
         """
         pin = self._pin()
         if not pin.depth:
-            result = script(keys=keys, args=args, client=self)
-            if then is not None:
-                then(result)
+            self._then(then, script(keys=keys, args=args, client=self))
             return
         if script.sha not in self._loaded:  # else its first EVALSHA would only meet NOSCRIPT
             self.script_load(script.script)
             self._loaded.add(script.sha)
-        pin.queued.append(_Deferred(script, keys, args, then))
+        packed = pin.conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        pin.queued.append(_Deferred(script, keys, args, then, packed))
 
     @contextmanager
     def write_behind(self) -> Iterator[None]:
-        """A block whose deferred writes have all reached Redis, or raised, when it ends."""
+        """A block whose deferred writes have all reached Redis, or raised, when it ends.
+
+        What rides on the next command must be seen by whoever reads next, so pipelines and
+        transactions of this thread send the deferred writes first (a round trip); other
+        threads and other clients see them once the command carrying them has run.
+        """
         pin = self._pin()
         pin.depth += 1
         try:
             yield
-        except BaseException:
-            if pin.depth == 1:  # the caller's work failed: it will run again, writes and all
-                pin.queued, pin.done = [], []
-            raise
-        else:
             if pin.depth == 1:
                 self._settle(pin)
         finally:
+            if pin.depth == 1:  # settled, or the work failed and will run again, writes and all
+                pin.queued, pin.done = [], []
             pin.depth -= 1
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pin = getattr(self._pins, "pin", None)
+        if pin is not None and pin.queued:
+            self.execute_command("PING")  # a pipeline has a connection of its own: send them first
+        return super().pipeline(transaction=transaction, shard_hint=shard_hint)
 
     def _settle(self, pin: _Pinned) -> None:
         if pin.queued:
             self.execute_command("PING")  # carries them (see _send_command_parse_response)
         settled, pin.done = pin.done, []
         for item in settled:
-            if item.failed:  # e.g. NOSCRIPT after a Redis restart: Script loads and runs it
-                item.result = item.script(keys=item.keys, args=item.args, client=self)
+            if item.error is not None:
+                raise item.error
         for item in settled:
-            if item.then is not None:
-                item.then(item.result)
+            self._then(item.then, item.result)
+
+    @staticmethod
+    def _then(then: Callable[[Any], None] | None, result: Any) -> None:
+        if then is None:
+            return
+        try:
+            then(result)
+        except Exception:  # noqa: BLE001 - a follow-up may be skipped; the write itself landed
+            log.exception("a follow-up of a deferred write failed; the write itself landed")
 
     def _send_command_parse_response(self, conn, command_name, *args, **options):  # type: ignore[override]
         pin = getattr(self._pins, "pin", None)
-        if pin is None or not pin.queued or conn is not pin.conn:
+        if pin is None or conn is not pin.conn:
             return super()._send_command_parse_response(conn, command_name, *args, **options)
-        queued = pin.queued
-        packed: list[bytes] = []
+        queued = pin.queued if pin.depth else []
+        try:
+            if not queued:
+                return super()._send_command_parse_response(conn, command_name, *args, **options)
+            conn.send_packed_command([chunk for item in queued for chunk in item.packed] + conn.pack_command(*args))
+            for item in queued:  # answered in order, before the command's own answer
+                try:
+                    item.result, item.error = conn.read_response(), None
+                except redis.ResponseError as exc:
+                    item.error = exc
+            # Sent and answered: a retry of this command (after a connection error) must not
+            # send them again, and nothing else may read their answers.
+            pin.queued = []
+            pin.done.extend(queued)
+            answer = self.parse_response(conn, command_name, **options)
+        except redis.ResponseError:
+            raise  # an error answer: the connection is in step
+        except BaseException:
+            # Anything else between sending and reading (a lost connection, Dramatiq's time
+            # limit raised into this thread) may leave answers unread on a connection this
+            # thread keeps: close it, so it reconnects clean instead of answering one behind.
+            conn.disconnect()
+            raise
         for item in queued:
-            packed.extend(conn.pack_command("EVALSHA", item.script.sha, len(item.keys), *item.keys, *item.args))
-        packed.extend(conn.pack_command(*args))
-        conn.send_packed_command(packed)
-        for item in queued:  # answered in order; an error answer is run again at the block's end
-            try:
-                item.result = conn.read_response()
-            except redis.ResponseError:
-                item.failed = True
-        # Sent and answered: a retry of this command (after a connection error) must not send
-        # them again, and nothing else may read their answers.
-        pin.queued = []
-        pin.done.extend(queued)
-        return self.parse_response(conn, command_name, **options)
+            if isinstance(item.error, NoScriptError):  # Redis restarted: load it, run it now
+                item.result, item.error = item.script(keys=item.keys, args=item.args, client=self), None
+        return answer
 
 
 def connect(url: str | None, *, server: fakeredis.FakeServer | None = None) -> PinnedRedis:

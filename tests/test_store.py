@@ -143,7 +143,7 @@ def test_a_failed_block_sends_nothing_it_still_held(redis_client):
     assert redis_client.get("wb:e") is None
 
 
-def test_a_script_flushed_from_redis_is_loaded_again(redis_client):
+def test_a_script_flushed_from_redis_is_loaded_and_run_before_the_command_returns(redis_client):
     client = pinned(redis_client)
     script = client.register_script(SET)
     with client.write_behind():
@@ -151,8 +151,8 @@ def test_a_script_flushed_from_redis_is_loaded_again(redis_client):
     client.script_flush()  # as a Redis restart does
     with client.write_behind():
         client.defer(script, ["wb:f"], ["6"])
-        assert client.get("wb:f") == b"first"  # NOSCRIPT: its answer was an error, the GET's was not
-    assert redis_client.get("wb:f") == b"6"  # run again, the script loaded, at the block's end
+        assert client.get("wb:f") == b"first"  # NOSCRIPT answered ahead of the GET's own answer ...
+        assert redis_client.get("wb:f") == b"6"  # ... and the write was loaded and run before it returned
 
 
 def test_a_failing_deferred_write_raises_when_the_block_ends(redis_client):
@@ -186,3 +186,83 @@ def test_a_connection_lost_mid_send_sends_the_deferred_write_again(redis_client,
         client.defer(script, ["wb:h"], ["8"])
         assert client.get("wb:h") == b"8"  # redis-py's retry resent both
     assert failures == [1]
+
+
+def test_a_block_whose_writes_could_not_be_sent_leaves_nothing_for_the_next_one(redis_client, monkeypatch):
+    client = pinned(redis_client)
+    script = client.register_script(SET)
+    conn = client.connection
+
+    def redis_is_down(command, check_health=True):
+        raise redis.ConnectionError("Redis went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(conn, "send_packed_command", redis_is_down)
+        with pytest.raises(redis.ConnectionError):
+            with client.write_behind():
+                client.defer(script, ["wb:i"], ["stale"])
+    answers = []
+    with client.write_behind():  # the next message on this thread
+        client.defer(script, ["wb:j"], ["9"], then=answers.append)
+        assert client.get("wb:i") is None  # the failed block's write did not ride along
+    assert answers == [b"9"] and redis_client.get("wb:i") is None
+
+
+def test_a_failing_follow_up_is_logged_and_the_others_still_run(redis_client, caplog):
+    client = pinned(redis_client)
+    script = client.register_script(SET)
+    answers = []
+
+    def broken(_answer):
+        raise RuntimeError("trim failed")
+
+    with client.write_behind():
+        client.defer(script, ["wb:k"], ["10"], then=broken)
+        client.defer(script, ["wb:l"], ["11"], then=answers.append)
+    assert answers == [b"11"]
+    assert redis_client.get("wb:k") == b"10"
+    assert "follow-up of a deferred write failed" in caplog.text
+
+
+def test_a_pipeline_of_the_same_thread_sees_the_deferred_write(redis_client):
+    client = pinned(redis_client)
+    script = client.register_script(SET)
+    with client.write_behind():
+        client.defer(script, ["wb:m"], ["12"])
+        with client.pipeline() as pipe:
+            assert pipe.get("wb:m").execute() == [b"12"]
+
+
+def test_an_interruption_between_send_and_answer_leaves_no_answer_behind(redis_client, monkeypatch):
+    """Dramatiq's time limit raises into a worker thread wherever it is, even mid-command."""
+    client = pinned(redis_client)
+    client.set("wb:n", "mine")
+    script = client.register_script(SET)
+    conn = client.connection
+    real_read, interrupted = conn.read_response, []
+
+    def interrupted_once(*args, **kwargs):
+        if not interrupted:
+            interrupted.append(1)
+            raise KeyboardInterrupt  # a BaseException, as Dramatiq's TimeLimitExceeded is
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(conn, "read_response", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        with client.write_behind():
+            client.defer(script, ["wb:o"], ["13"])
+            client.get("wb:n")
+    assert client.get("wb:n") == b"mine"  # not an answer left over from before
+    with client.write_behind():  # the interrupted work runs again, its write with it
+        client.defer(script, ["wb:o"], ["13"])
+        assert client.get("wb:o") == b"13"
+
+
+def test_a_write_with_an_argument_redis_cannot_take_fails_where_it_is_deferred(redis_client):
+    client = pinned(redis_client)
+    script = client.register_script(SET)
+    with client.write_behind():
+        with pytest.raises(redis.DataError):
+            client.defer(script, ["wb:p"], [{"not": "encodable"}])
+        client.set("wb:q", "fine")  # nothing bad was queued for the next command
+    assert redis_client.get("wb:q") == b"fine"
