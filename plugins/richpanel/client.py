@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
+from importlib.metadata import version as _version
 from typing import Any, Callable
 from urllib.parse import quote
 
@@ -24,6 +25,8 @@ DEFAULT_RETRY_AFTER = 30.0
 """Used when a rate-limited answer has no usable Retry-After: Richpanel's window is 30 s."""
 
 KEY_HEADER = "x-richpanel-key"
+#: Sent with every request, as httpx.Client would send its own: gateways may refuse requests without one.
+USER_AGENT = f"opcore/{_version('opcore')}"
 RATE_LIMIT_STATUSES = frozenset({429, 492})
 
 
@@ -132,12 +135,14 @@ class Team(BaseModel):
 
 class ClientTransport(httpx.BaseTransport):
     """Sends through an httpx-style client instead of a socket: Starlette's TestClient around
-    the sandbox app, in tests. Only the answer's status, headers and body cross over."""
+    the sandbox app, in tests. Only the answer's status, headers and body cross over, and the
+    wrapped client's own timeouts apply, not the RichpanelClient's."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        # The wrapped client keeps its own timeouts (Starlette's TestClient refuses any).
         answer = self.client.request(request.method, str(request.url), content=request.read(),
                                      headers=request.headers.multi_items())
         return httpx.Response(answer.status_code, headers=answer.headers.multi_items(), content=answer.content,
@@ -257,10 +262,12 @@ class RichpanelClient:
     def _request(self, method: str, path: str, op: str, payload: Any = None) -> Any:
         """`op` names the route without its values so errors never carry customer emails."""
         request = httpx.Request(method, _url(f"{self.base_url}/v1{path}"), json=payload,
-                                headers={KEY_HEADER: self._api_key, "accept": "application/json"},
+                                headers={KEY_HEADER: self._api_key, "accept": "application/json",
+                                         "user-agent": USER_AGENT},
                                 extensions={"timeout": self._timeout})
         try:
             response = self._http.handle_request(request)
+            response.request = request  # as httpx.Client sets it, for on_response and raise_for_status
             try:
                 response.read()
             finally:

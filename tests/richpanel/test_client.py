@@ -234,3 +234,41 @@ def test_closing_does_not_close_a_shared_pool():
         client.list_teams()
     assert not http.is_closed
     http.close()
+
+
+def test_every_request_names_opcore_as_its_user_agent():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("user-agent", ""))
+        return httpx.Response(200, json={"team": []})
+
+    RichpanelClient("https://rp.example", KEY, http=httpx.MockTransport(handler)).list_teams()
+    assert seen and seen[0].startswith("opcore/")
+
+
+def test_an_answer_carries_its_request_as_httpx_clients_do():
+    answers = []
+    client = RichpanelClient("https://rp.example", KEY, http=httpx.MockTransport(answer(200, {"team": []})),
+                             on_response=answers.append)
+    client.list_teams()
+    assert answers[0].request.url == "https://rp.example/v1/teams"
+    answers[0].raise_for_status()  # needs the request; raises nothing for a 200
+
+
+@pytest.mark.parametrize(("env", "url", "expected"), [
+    ({}, "https://api.richpanel.com", None),
+    ({"HTTPS_PROXY": "http://proxy.local:3128"}, "https://api.richpanel.com", "http://proxy.local:3128"),
+    ({"ALL_PROXY": "http://proxy.local:3128"}, "https://api.richpanel.com", "http://proxy.local:3128"),
+    ({"HTTPS_PROXY": "http://proxy.local:3128", "NO_PROXY": "richpanel.com"}, "https://api.richpanel.com", None),
+    ({"HTTPS_PROXY": "http://proxy.local:3128"}, "http://127.0.0.1:8080", None),  # plain http: HTTP_PROXY only
+])
+def test_the_richpanel_transport_takes_its_proxy_from_the_environment(monkeypatch, env, url, expected):
+    from plugins.richpanel.session import proxy_for
+
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "all_proxy",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert proxy_for(url) == expected
