@@ -31,9 +31,9 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 import redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
-from .store import pinned
+from .store import pinned, read_replies
 
 log = logging.getLogger("opcore.committer")
 
@@ -167,13 +167,7 @@ class Committer:
 
         def send_and_read() -> list[Any]:
             connection.send_packed_command(connection.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(connection.read_response())
-                except ResponseError as exc:  # this call's own error; the others still answer
-                    replies.append(exc)
-            return replies
+            return read_replies(connection, len(commands))  # a call's error is its own
 
         try:
             return connection.retry.call_with_retry(send_and_read, lambda _error: connection.disconnect())

@@ -224,7 +224,7 @@ def _when(value: Any) -> datetime:
 
 class ReadModel:
     def __init__(self, client: redis.Redis, prefix: str, settings: Settings) -> None:
-        self.redis = pinned(client)
+        self.redis = client = pinned(client)
         self.prefix = prefix
         self.settings = settings
         self._set_state = client.register_script(_SET_STATE)

@@ -46,8 +46,7 @@ class _Deferred:
     args: list[Any]
     then: Callable[[Any], None] | None
     packed: list[bytes]  # the EVALSHA, packed when deferred: bad arguments fail the caller at once
-    result: Any = None
-    error: redis.ResponseError | None = None
+    answer: Any = None  # its reply, or the ResponseError Redis answered instead
 
 
 class _Pinned:
@@ -149,19 +148,22 @@ class PinnedRedis(redis.Redis):
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
         pin = getattr(self._pins, "pin", None)
-        if pin is not None and pin.queued:
-            self.execute_command("PING")  # a pipeline has a connection of its own: send them first
+        if pin is not None:
+            self._send_queued(pin)  # a pipeline has a connection of its own: send them first
         return super().pipeline(transaction=transaction, shard_hint=shard_hint)
 
-    def _settle(self, pin: _Pinned) -> None:
+    def _send_queued(self, pin: _Pinned) -> None:
         if pin.queued:
             self.execute_command("PING")  # carries them (see _send_command_parse_response)
+
+    def _settle(self, pin: _Pinned) -> None:
+        self._send_queued(pin)
         settled, pin.done = pin.done, []
         for item in settled:
-            if item.error is not None:
-                raise item.error
+            if isinstance(item.answer, redis.ResponseError):
+                raise item.answer
         for item in settled:
-            self._then(item.then, item.result)
+            self._then(item.then, item.answer)
 
     @staticmethod
     def _then(then: Callable[[Any], None] | None, result: Any) -> None:
@@ -176,16 +178,13 @@ class PinnedRedis(redis.Redis):
         pin = getattr(self._pins, "pin", None)
         if pin is None or conn is not pin.conn:
             return super()._send_command_parse_response(conn, command_name, *args, **options)
-        queued = pin.queued if pin.depth else []
+        queued = pin.queued  # only ever filled inside a block, and emptied when it ends
         try:
             if not queued:
                 return super()._send_command_parse_response(conn, command_name, *args, **options)
             conn.send_packed_command([chunk for item in queued for chunk in item.packed] + conn.pack_command(*args))
-            for item in queued:  # answered in order, before the command's own answer
-                try:
-                    item.result, item.error = conn.read_response(), None
-                except redis.ResponseError as exc:
-                    item.error = exc
+            for item, reply in zip(queued, read_replies(conn, len(queued))):  # before the command's own
+                item.answer = reply
             # Sent and answered: a retry of this command (after a connection error) must not
             # send them again, and nothing else may read their answers.
             pin.queued = []
@@ -200,9 +199,21 @@ class PinnedRedis(redis.Redis):
             conn.disconnect()
             raise
         for item in queued:
-            if isinstance(item.error, NoScriptError):  # Redis restarted: load it, run it now
-                item.result, item.error = item.script(keys=item.keys, args=item.args, client=self), None
+            if isinstance(item.answer, NoScriptError):  # Redis restarted: load it, run it now
+                item.answer = item.script(keys=item.keys, args=item.args, client=self)
         return answer
+
+
+def read_replies(conn: redis.connection.AbstractConnection, count: int) -> list[Any]:
+    """The next ``count`` answers on ``conn``, in order; an error answer is returned in its
+    place, so one failing command of a pipelined batch leaves the connection in step."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 def connect(url: str | None, *, server: fakeredis.FakeServer | None = None) -> PinnedRedis:
