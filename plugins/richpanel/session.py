@@ -8,8 +8,6 @@ whichever request they came back with.
 from __future__ import annotations
 
 import threading
-import urllib.parse
-import urllib.request
 import weakref
 from typing import Any, Callable, TypeVar
 
@@ -17,7 +15,7 @@ import httpx
 
 from opcore_hooks import Host
 
-from .client import RateLimited, RichpanelClient, transport_of
+from .client import RateLimited, RichpanelClient, http_transport, transport_of
 from .pacing import Pacer
 from .settings import RichpanelSettings
 
@@ -41,26 +39,14 @@ def set_http(host: Host, http: httpx.BaseTransport | Any) -> None:
         _http[host] = transport_of(http)
 
 
-def proxy_for(url: str) -> str | None:
-    """The proxy ``httpx.Client`` would take from the environment for ``url``: HTTP(S)_PROXY or
-    ALL_PROXY, unless NO_PROXY covers its host. Requests go to a transport, not a Client, so the
-    environment is read here."""
-    parts = urllib.parse.urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
-    if urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
-        return None
-    return proxies.get(parts.scheme) or proxies.get("all")
-
-
 def client_for(host: Host, api_key: str) -> RichpanelClient:
     """A client for one key over the host's shared connection pool; cheap enough per call."""
     settings = settings_of(host)
     with _lock:
         http = _http.get(host)
         if http is None:
-            http = _http[host] = httpx.HTTPTransport(
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-                proxy=proxy_for(settings.api_url))
+            http = _http[host] = http_transport(
+                settings.api_url, limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
             weakref.finalize(host, http.close)  # the pool lives exactly as long as its host
     return RichpanelClient(settings.api_url, api_key, http=http, timeout=settings.timeout_seconds)
 
