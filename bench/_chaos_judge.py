@@ -40,7 +40,7 @@ def claim_records(r: redis.Redis, claims: list[Claim]) -> list[list[bytes | None
     """opcore's (ticket_id, snooze) record of each claim, in the order of ``claims``."""
     pipe = r.pipeline(transaction=False)
     for c in claims:
-        pipe.hmget(f"{NAMESPACE}:richpanel:claim:{c.store_id}:{c.claim_id}", "ticket_id", "snooze")
+        pipe.hmget(f"{NAMESPACE}:richpanel:claim:{c.store_id}:{c.claim_id}", "ticket_id", "finish")
     return pipe.execute()
 
 

@@ -34,7 +34,7 @@ from opcore_hooks.crypto import generate_master_key  # noqa: E402
 from opcore_hooks.host import Host  # noqa: E402
 from opcore_hooks.store import connect  # noqa: E402
 from opcore_hooks.worker import EmbeddedWorker  # noqa: E402
-from plugins.richpanel import actors, plugin, session, stores  # noqa: E402
+from plugins.richpanel import plugin, session, stores  # noqa: E402
 from plugins.richpanel.stores import SettingsUpdate  # noqa: E402
 
 SECRET = "whsec_bench_worker_cpu"
@@ -79,7 +79,7 @@ def main() -> None:
             answer = app.post("/webhooks/orderprotection", content=body,
                               headers={"x-webhook-secret": SECRET, "content-type": "application/json"})
             answer.raise_for_status()
-    delivery = actors.delivery_for(host)
+    delivery = host.delivery("richpanel")
     worker = EmbeddedWorker(host, threads=args.threads)
     cpu, wall = time.process_time(), time.perf_counter()
     worker.start()

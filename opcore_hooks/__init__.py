@@ -1,10 +1,21 @@
 """opcore's host: the public API a helpdesk plugin may use.
 
-A plugin imports from here and nowhere else in ``opcore_hooks``: ``hookimpl`` to mark its
-hook implementations, ``Host`` (what every hook receives), ``Routes`` to hand over its
-Starlette routes, the event models, and ``CredentialsCheck`` for its health.
+A plugin imports from here: ``hookimpl`` to mark its hook implementations, ``Host`` (what
+every hook receives), ``Routes`` to hand over its Starlette routes, the event models,
+``CredentialsCheck`` for its health, and the delivery engine's ``Helpdesk`` seam with its
+``Pacing``, ``Call`` and the errors a helpdesk's answers map to.
 """
 
+from .delivery import (
+    Call,
+    CredentialsRejected,
+    Helpdesk,
+    HelpdeskError,
+    Pacing,
+    RateLimited,
+    Refused,
+    Transient,
+)
 from .events import (
     ClaimCreated,
     ClaimState,
@@ -22,6 +33,14 @@ from .routes import Routes
 from .status import CredentialsCheck
 
 __all__ = [
+    "Call",
+    "CredentialsRejected",
+    "Helpdesk",
+    "HelpdeskError",
+    "Pacing",
+    "RateLimited",
+    "Refused",
+    "Transient",
     "ClaimCreated",
     "ClaimState",
     "ClaimStatusChanged",

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import click
     from pydantic_settings import BaseSettings
 
+    from .delivery import Helpdesk
     from .events import ClaimCreated, ClaimStatusChanged, Event
     from .host import Host
     from .readmodel import CustomerContext
@@ -48,6 +49,17 @@ def register_actors(host: Host) -> None:
 
 
 @hookspec
+def register_helpdesk(host: Host) -> Helpdesk | None:
+    """Return the plugin's :class:`opcore_hooks.delivery.Helpdesk`, or None.
+
+    The host builds the delivery engine for it (its create and finish actors, claim records,
+    pacing, parking, dead letters), reachable as ``host.delivery(<plugin>)``; the plugin's
+    ``on_claim_created`` and ``on_claim_status_changed`` hand claims to it. Called once per
+    host, after ``register_actors``.
+    """
+
+
+@hookspec
 def register_routes(host: Host) -> Routes | None:
     """Return the plugin's Starlette routes, or None.
 
@@ -72,8 +84,9 @@ def register_commands(cli: click.Group) -> None:
 def on_claim_created(host: Host, event: Event, claim: ClaimCreated) -> None:
     """A new claim was accepted at the ingress; called in a worker, once per plugin.
 
-    Do the minimum here: check the store is configured for this helpdesk (return quietly if
-    not) and enqueue the plugin's own actor. If this raises, the host retries this call for
+    Do the minimum here: a helpdesk plugin hands the claim to its delivery
+    (``host.delivery(<plugin>).claim_created(claim)``), which skips stores that do not use it;
+    a plugin without one enqueues its own actor. If this raises, the host retries this call for
     this plugin alone with backoff; other plugins are unaffected. Dramatiq delivers at least
     once, so the same claim may arrive again: the plugin's work must be idempotent per claim.
     """
@@ -84,8 +97,9 @@ def on_claim_status_changed(host: Host, event: Event, change: ClaimStatusChanged
     """A claim changed state (``claim.state_changed``, ``claim.approved``, ``claim.denied``).
 
     ``change.claim_state`` is the new state. It may arrive before the plugin has finished
-    handling the claim's creation (auto-approval); ordering is the plugin's job. Same
-    isolation and at-least-once rules as ``on_claim_created``.
+    handling the claim's creation (auto-approval): ``host.delivery(<plugin>)
+    .claim_status_changed(change)`` finishes the ticket only once it exists. Same isolation
+    and at-least-once rules as ``on_claim_created``.
     """
 
 

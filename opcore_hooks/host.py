@@ -2,7 +2,7 @@
 
 A plugin gets the host in every hook and uses only what is public here: ``settings``,
 ``redis``, ``broker``, ``actor()``, ``key()``, ``plugin_settings()``, ``vault``,
-``readmodel``, ``dead_letters``, ``claim_url()`` and ``call_plugin()``. Building two hosts in
+``readmodel``, ``dead_letters``, ``delivery()``, ``claim_url()`` and ``call_plugin()``. Building two hosts in
 one process is fine (the tests do it all the time) because nothing here is global: each host
 has its own plugin manager, broker and actors.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import dramatiq
 import redis
@@ -24,6 +24,9 @@ from .deadletters import DeadLetters
 from .plugins import LoadedPlugins, load_plugins
 from .readmodel import ReadModel
 from .store import PinnedRedis, connect, pinned
+
+if TYPE_CHECKING:
+    from .delivery import Delivery
 
 log = logging.getLogger("opcore.host")
 
@@ -63,6 +66,13 @@ class Host:
 
         self.dispatcher = Dispatcher(self)
         self.pm.hook.register_actors(host=self)
+        from .delivery import Delivery
+
+        self._deliveries: dict[str, Delivery] = {}
+        for name in self.implementers("register_helpdesk"):
+            helpdesk = self.call_plugin(name, "register_helpdesk", host=self)
+            if helpdesk is not None:
+                self._deliveries[name] = Delivery(self, name, helpdesk)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Host:
@@ -83,6 +93,14 @@ class Host:
 
     def plugin_settings(self, name: str) -> BaseSettings | None:
         return self._plugin_settings.get(name)
+
+    def delivery(self, name: str) -> Delivery:
+        """The delivery engine of plugin ``name`` (built from its ``register_helpdesk``)."""
+        try:
+            return self._deliveries[name]
+        except KeyError:
+            raise KeyError(f"plugin {name!r} registered no helpdesk; its register_helpdesk hook "
+                           "must return a Helpdesk") from None
 
     def implementers(self, hook: str) -> list[str]:
         """Names of the plugins that implement ``hook``, in registration order."""

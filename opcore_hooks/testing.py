@@ -10,9 +10,13 @@ same code under the same assertions.
 from __future__ import annotations
 
 import copy
+import importlib
 import os
+import sys
 import time
 import uuid
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import fakeredis
@@ -171,6 +175,28 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def plugin_beside(test_file: str, module: str = "plugin") -> ModuleType:
+    """The plugin module of the folder a test file sits in (``<plugin>/tests/test_x.py``).
+
+    A plugin's tests import their plugin through this rather than by name, so a copied plugin
+    folder tests the copy, whatever it is called. The package is named by walking up through
+    the folders that hold an ``__init__.py``; the first folder above them is put on
+    ``sys.path`` if needed.
+    """
+    folder = Path(test_file).resolve().parent
+    while not (folder / "__init__.py").exists() or folder.name == "tests":
+        if folder.parent == folder:
+            raise LookupError(f"{test_file} is not inside a plugin package (a folder with __init__.py)")
+        folder = folder.parent
+    parts, top = [folder.name], folder.parent
+    while (top / "__init__.py").exists():
+        parts.insert(0, top.name)
+        top = top.parent
+    if str(top) not in sys.path:
+        sys.path.insert(0, str(top))
+    return importlib.import_module(".".join([*parts, module]))
 
 
 def feed(host: Host, *envelopes: dict[str, Any]) -> None:

@@ -159,7 +159,7 @@ def test_opcore_plugins_lists_the_installed_richpanel_plugin_and_its_hooks(monke
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.startswith("richpanel:"))
     for hook in ("on_claim_created", "on_claim_status_changed", "widget_context", "validate_credentials",
-                 "register_actors", "register_routes"):
+                 "register_helpdesk", "register_routes"):
         assert hook in line
 
 

@@ -1,111 +1,172 @@
-"""A complete opcore plugin in one file: copy this folder to start a new helpdesk.
+"""A complete opcore helpdesk plugin: copy this folder to start a new one (see README.md).
 
-Every hook the host offers is implemented here, doing the least that shows its shape: it logs
-what it receives and records it in Redis through the host, so the template's own tests can
-see each hook work. Replace the bodies, keep the signatures. See README.md beside this file.
+Every hook the host offers a helpdesk is here. The work is split as in the Richpanel plugin:
+``helpdesk.py`` is the helpdesk's API as the delivery engine sees it, ``stores.py`` a store's
+settings; this module wires them to the host. The plugin's name comes from its folder
+(``_template`` gives ``template``), so a copy needs no renaming to run its tests.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from typing import Any
 
 import click
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from opcore_hooks import (
     ClaimCreated,
     ClaimStatusChanged,
     CredentialsCheck,
+    CredentialsRejected,
     CustomerContext,
     Event,
+    HelpdeskError,
     Host,
+    RateLimited,
     Routes,
     hookimpl,
 )
 
-#: The plugin's name: its entry-point name, actor prefix, queue and URL segment.
-NAME = "template"
+from . import stores
+from .helpdesk import TemplateDesk
 
-log = logging.getLogger(f"opcore.{NAME}")
+#: The plugin's name: its entry-point name, actor prefix, queue, Redis keys and URL segment.
+NAME = __name__.split(".")[-2].lstrip("_")
 
 
-class TemplateSettings(BaseSettings):
-    """Process settings, read from ``OPCORE_TEMPLATE_*``; a bad value stops start-up."""
+class Settings(BaseSettings):
+    """Process settings, read from ``OPCORE_<NAME>_*``; a bad value stops start-up."""
 
     model_config = SettingsConfigDict(env_prefix=f"OPCORE_{NAME.upper()}_", extra="ignore")
     api_url: str = "https://helpdesk.example.com"
-
-
-def _record(host: Host, what: str, payload: dict[str, Any]) -> None:
-    host.redis.rpush(host.key(NAME, "seen"), json.dumps({"what": what, **payload}))
+    quota: int = Field(default=100, ge=1)
+    window_seconds: float = Field(default=60.0, gt=0)
 
 
 @hookimpl
 def register_settings() -> type[BaseSettings]:
-    return TemplateSettings
+    return Settings
 
 
 @hookimpl
-def register_actors(host: Host) -> None:
-    def open_ticket(store_id: str, claim_id: str) -> None:
-        # The real work goes here: call the helpdesk's API, idempotently per claim.
-        log.info("would open a ticket for claim %s of store %s", claim_id, store_id)
-        _record(host, "ticket", {"store_id": store_id, "claim_id": claim_id})
+def register_helpdesk(host: Host) -> TemplateDesk:
+    return TemplateDesk(host, NAME)
 
-    host.actor(open_ticket, plugin=NAME, max_retries=5)
+
+@hookimpl
+def on_claim_created(host: Host, event: Event, claim: ClaimCreated) -> None:
+    host.delivery(NAME).claim_created(claim)  # skips stores that do not use this helpdesk
+
+
+@hookimpl
+def on_claim_status_changed(host: Host, event: Event, change: ClaimStatusChanged) -> None:
+    host.delivery(NAME).claim_status_changed(change)  # finishes the ticket once it exists
+
+
+class SettingsRefused(Exception):
+    """A change the settings API refuses; ``rejected``: the helpdesk refused the token itself."""
+
+    def __init__(self, message: str, status: int = 422, *, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.message, self.status, self.rejected = message, status, rejected
+
+
+def _check(host: Host, token: str) -> None:
+    """Ask the helpdesk whether ``token`` works, paced like delivery; SettingsRefused if not."""
+    delivery = host.delivery(NAME)
+    try:
+        delivery.request(token, delivery.helpdesk.check, max_wait=5.0)
+    except CredentialsRejected:
+        raise SettingsRefused("the helpdesk rejected this api_token; nothing was saved", rejected=True) from None
+    except RateLimited as exc:
+        raise SettingsRefused(f"the helpdesk is rate limiting; try again in {exc.retry_after:.0f} s") from None
+    except HelpdeskError as exc:
+        raise SettingsRefused(f"the helpdesk could not check the token ({exc}); try again later", 502) from None
+
+
+def configure(host: Host, store_id: str, update: stores.SettingsUpdate) -> stores.StoreSettings:
+    """Check the token (given, or stored and enabled), save, and release work parked on a bad one."""
+    current = stores.read(host, NAME, store_id)
+    token = update.api_token or (current.api_token if current else None)
+    if token is None:
+        raise SettingsRefused("api_token is required: none is stored for this store")
+    _check(host, token.get_secret_value())
+    saved = stores.save(host, NAME, store_id, update, credentials="valid")
+    if saved.enabled:
+        host.delivery(NAME).release_parked(store_id)
+    return saved
 
 
 @hookimpl
 def register_routes(host: Host) -> Routes:
-    async def status(request: Request) -> JSONResponse:
+    async def put(request: Request) -> Response:
         store_id = request.path_params["store_id"]
-        return JSONResponse({"plugin": NAME, "store_id": store_id, "seen": host.redis.llen(host.key(NAME, "seen"))})
+        try:
+            update = stores.SettingsUpdate.model_validate_json(await request.body())
+            return JSONResponse(stores.view(configure(host, store_id, update)))
+        except ValidationError as exc:
+            fields = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
+                      for e in exc.errors(include_input=False, include_url=False)]
+            return JSONResponse({"error": "invalid settings", "details": fields}, 422)
+        except SettingsRefused as exc:
+            return JSONResponse({"error": exc.message}, exc.status)
 
-    return Routes(internal=[Route("/stores/{store_id}", status)])
+    async def get(request: Request) -> Response:
+        found = stores.read(host, NAME, request.path_params["store_id"])
+        return JSONResponse(stores.view(found)) if found else JSONResponse({"error": "not configured"}, 404)
+
+    return Routes(internal=[Route("/stores/{store_id}", put, methods=["PUT"]),
+                            Route("/stores/{store_id}", get, methods=["GET"])])
 
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     @cli.commands["stores"].commands["set"].command(NAME)
     @click.argument("store_id")
-    def set_store(store_id: str) -> None:
-        """Configure the template helpdesk for STORE."""
-        click.echo(f"{NAME}: configured {store_id}")
-
-
-@hookimpl
-def on_claim_created(host: Host, event: Event, claim: ClaimCreated) -> None:
-    log.info("claim created: %s (%s) in store %s", claim.claim_id, claim.claim_type, claim.store_id)
-    _record(host, "created", {"event_id": event.id, "claim_id": claim.claim_id})
-    host.broker.get_actor(f"{NAME}.open_ticket").send(claim.store_id, claim.claim_id)
-
-
-@hookimpl
-def on_claim_status_changed(host: Host, event: Event, change: ClaimStatusChanged) -> None:
-    log.info("claim %s is now %s", change.claim_id, change.claim_state)
-    _record(host, "status", {"claim_id": change.claim_id, "state": change.claim_state.value})
+    @click.option("--api-token", envvar=f"OPCORE_{NAME.upper()}_API_TOKEN", help="read from the environment if unset")
+    @click.option("--enable/--disable", default=None)
+    def set_store(store_id: str, api_token: str | None, enable: bool | None) -> None:
+        """Connect STORE_ID to this helpdesk (the token is checked before it is saved)."""
+        host = Host.from_env()
+        try:
+            saved = configure(host, store_id, stores.SettingsUpdate(api_token=api_token, enabled=enable))
+        except SettingsRefused as exc:
+            raise click.ClickException(exc.message) from None
+        finally:
+            host.close()
+        click.echo(f"{NAME}: store {store_id} saved, token {stores.view(saved)['api_token']}")
 
 
 @hookimpl
 def widget_context(host: Host, store_id: str, context: CustomerContext) -> dict[str, Any]:
-    return {"helpdesk": NAME, "claims": len(context.claims), **context.model_dump(mode="json")}
+    return context.model_dump(mode="json")
 
 
 @hookimpl
 def validate_credentials(host: Host, store_id: str) -> CredentialsCheck | None:
-    return CredentialsCheck(state="unchecked")
+    found = stores.read(host, NAME, store_id)
+    if found is None or found.api_token is None:
+        return None
+    try:
+        _check(host, found.api_token.get_secret_value())
+    except SettingsRefused as exc:
+        if exc.rejected:
+            stores.mark_invalid(host, NAME, store_id, exc.message)
+            return CredentialsCheck(state="invalid", error=exc.message)
+        return CredentialsCheck(state=found.credentials, error=exc.message)
+    return CredentialsCheck(state="valid")
 
 
 @hookimpl
 def store_status(host: Host, store_id: str) -> dict[str, Any] | None:
-    return {"configured": False}
+    found = stores.read(host, NAME, store_id)
+    return stores.view(found) if found else None
 
 
 @hookimpl
 def rotate_secrets(host: Host) -> int:
-    return 0
+    return stores.rotate(host, NAME)

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from opcore_hooks import ClaimType
+from opcore_hooks.delivery import FINISH_STATES
 from opcore_hooks.app import create_app
 from opcore_hooks.config import Settings
 from opcore_hooks.crypto import generate_master_key
@@ -31,9 +32,8 @@ from opcore_hooks.host import Host
 from opcore_hooks.serving import ThreadedServer
 from opcore_hooks.testing import CLAIM_CREATED
 
-from . import actors
 from .sandbox import SandboxConfig, run_in_thread
-from .tickets import SNOOZE_STATES
+
 
 STORE = "demo-store"
 CUSTOMERS = [("ana@example.com", "Ana", "Lima"), ("bo@example.com", "Bo", "Chen"),
@@ -184,7 +184,7 @@ def _report(console: Console, host: Host, sandbox: Any, api_key: str, p: Plan, e
     by_claim: dict[str, list[dict[str, Any]]] = {}
     for ticket in tickets:
         by_claim.setdefault(_ticket_claim(ticket, claims) or "?", []).append(ticket)
-    stats = actors.delivery_for(host).stats()
+    stats = host.delivery("richpanel").stats()
     limited = sum(1 for r in requests if r["status"] in (429, 492))
     problems = []
     for claim_id in p.claims:
@@ -217,7 +217,7 @@ def _report(console: Console, host: Host, sandbox: Any, api_key: str, p: Plan, e
         console.print("[bold red]FAILED[/]: " + "; ".join(problems))
         return False
     console.print(f"[bold green]OK[/]: {len(p.claims)} claims, one ticket each; "
-                  f"{len(p.finished)} finished claims snoozed ({', '.join(sorted(SNOOZE_STATES))}).")
+                  f"{len(p.finished)} finished claims snoozed ({', '.join(sorted(FINISH_STATES))}).")
     return True
 
 

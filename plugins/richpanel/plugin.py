@@ -1,7 +1,8 @@
 """The Richpanel plugin's hook implementations: thin, each handing over to the module that owns it.
 
 - ``stores``/``api``/``commands``: per-store settings, the internal settings API, the CLI;
-- ``actors``/``tickets``/``client``/``pacing``: delivery of tickets and snoozes;
+- ``helpdesk``/``tickets``/``client``: Richpanel's side of delivery (tickets and snoozes), which
+  the host's delivery engine runs;
 - ``widget``: the in-widget panel and its provisioning;
 - ``sandbox``: a local stand-in for Richpanel's API.
 """
@@ -24,7 +25,8 @@ from opcore_hooks import (
     hookimpl,
 )
 
-from . import actors, api, commands, demo, stores, widget
+from . import api, commands, demo, stores, widget
+from .helpdesk import Richpanel
 from .settings import RichpanelSettings
 
 NAME = "richpanel"
@@ -36,8 +38,8 @@ def register_settings() -> type[BaseSettings]:
 
 
 @hookimpl
-def register_actors(host: Host) -> None:
-    actors.declare(host)
+def register_helpdesk(host: Host) -> Richpanel:
+    return Richpanel(host)
 
 
 @hookimpl
@@ -56,12 +58,12 @@ def register_commands(cli: click.Group) -> None:
 
 @hookimpl
 def on_claim_created(host: Host, event: Event, claim: ClaimCreated) -> None:
-    actors.claim_created(host, claim)
+    host.delivery(NAME).claim_created(claim)
 
 
 @hookimpl
 def on_claim_status_changed(host: Host, event: Event, change: ClaimStatusChanged) -> None:
-    actors.claim_status_changed(host, change)
+    host.delivery(NAME).claim_status_changed(change)
 
 
 @hookimpl

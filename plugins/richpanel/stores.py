@@ -13,7 +13,6 @@ import hmac
 import logging
 import math
 import re
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,8 +22,9 @@ from pydantic import SecretStr
 from opcore_hooks import CredentialsCheck, Host
 from opcore_hooks.crypto import DecryptionError
 
-from . import parking, session
-from .client import AuthError, RateLimited, RichpanelError, Team
+from opcore_hooks import CredentialsRejected, HelpdeskError, RateLimited
+
+from .client import Team
 from .store_config import (  # noqa: F401 - re-exported: stores is the module callers use
     CHANNELS,
     FIELD,
@@ -45,8 +45,12 @@ log = logging.getLogger("opcore.richpanel.stores")
 
 # -- storage ---------------------------------------------------------------------------------
 
-def _key(host: Host, store_id: str) -> str:
+def settings_key(host: Host, store_id: str) -> str:
+    """The store's settings hash; the delivery engine watches it for changes."""
     return host.key(NAME, "store", store_id)
+
+
+_key = settings_key
 
 
 def _index(host: Host) -> str:
@@ -162,29 +166,22 @@ def _limited(which: str, seconds: float) -> RichpanelUnavailable:
 def _teams(host: Host, api_key: str, which: str) -> list[Team]:
     """/v1/teams with ``api_key``; Richpanel's failures become errors worded for a store admin.
 
-    The check is one more request with the store's key, so it obeys the same per-key pacing
-    as delivery: never during a Retry-After block, counted in the key's window, and a rate
-    limit it meets blocks delivery too. A slot more than a few seconds away is refused
-    rather than waited for, so an admin is not left hanging.
+    The check is one more request with the store's key, so it goes through the delivery
+    engine's pacing: never during a Retry-After block, counted in the key's window, and a rate
+    limit it meets blocks delivery too. A slot more than a few seconds away is refused rather
+    than waited for, so an admin is not left hanging.
     """
-    pacer = session.pacer_for(host)
-    wait = pacer.blocked_until(api_key) - time.time()
-    if wait <= 0:
-        wait = pacer.reserve(api_key).wait()
-        if wait <= MAX_PACING_WAIT:
-            time.sleep(wait)
-            member, retry_at = pacer.admit(api_key)  # counted among the requests really sent
-            wait = 0 if retry_at is None else retry_at - time.time()
-    if wait > 0:
-        raise _limited(which, wait)
+    delivery = host.delivery(NAME)
+    richpanel = delivery.helpdesk
     try:
-        return session.call(host, api_key, lambda client: client.list_teams())
-    except AuthError:
+        return delivery.request(api_key, lambda call: richpanel.client(call, lambda c: c.list_teams()),
+                                max_wait=MAX_PACING_WAIT)
+    except CredentialsRejected:
         raise KeyRejected(f"Richpanel rejected {which} (401)",
                           [{"field": FIELD, "message": "rejected by Richpanel"}]) from None
     except RateLimited as exc:
         raise _limited(which, exc.retry_after) from None
-    except RichpanelError as exc:  # the client's messages never carry the key
+    except HelpdeskError as exc:  # the client's messages never carry the key
         raise RichpanelUnavailable(f"Richpanel could not check {which} ({exc}); try again later",
                                    [{"field": FIELD, "message": str(exc)}]) from None
 
@@ -286,7 +283,7 @@ def _merge(host: Host, store_id: str, fields: dict[str, str], changes: SettingsU
 def _release(host: Host, store_id: str) -> None:
     """Work parked on a rejected key runs again; a failure here must not undo a good save."""
     try:
-        released = parking.release_parked(host, store_id)
+        released = host.delivery(NAME).release_parked(store_id)
     except Exception as exc:  # noqa: BLE001 - the save stands; the work stays parked for next time
         log.error("richpanel: parked work of store %s not released: %s", store_id, type(exc).__name__)
         return

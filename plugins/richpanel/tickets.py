@@ -17,9 +17,6 @@ from opcore_hooks import ClaimCreated
 #: Channels whose customer is addressed by phone number rather than email.
 PHONE_CHANNELS = {"twilio-sms", "aircall"}
 
-#: Claim states after which an agent has nothing left to do: the ticket is snoozed.
-SNOOZE_STATES = {"APPROVED", "RESOLVED", "RESOLVED_BY_BRAND"}
-
 AGENT_NOTE = (
     "Order Protection keeps this customer's conversation. Use Add Note for internal notes here, "
     "and reply to the customer from the Order Protection dashboard (the link above): a reply "

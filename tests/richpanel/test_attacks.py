@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 from opcore_hooks.app import create_app
 from opcore_hooks.signing import sign
 from opcore_hooks.testing import ADMIN_TOKEN, WEBHOOK_SECRET, claim_created, drain, feed, wait_for
-from plugins.richpanel import actors, plugin
+from plugins.richpanel import plugin
 from plugins.richpanel.sandbox import Account
 
 STORE, OTHER = "store_123", "store_other"
@@ -240,7 +240,7 @@ def rp(make_host, run_worker, sandbox, monkeypatch):
                         json={"api_key": KEY, "default_channel": "email"})
     assert answer.status_code == 200, answer.text
     sandbox.state.requests.clear()
-    for name in ("richpanel.create_ticket", "richpanel.snooze_ticket"):
+    for name in ("richpanel.create_ticket", "richpanel.finish_ticket"):
         host.broker.get_actor(name).options.update(min_backoff=50, max_backoff=200)
     worker = run_worker(host, threads=4)
     yield host, worker, sandbox, client
@@ -372,7 +372,7 @@ def test_a_refused_ticket_is_listed_with_its_reason_and_replayed_once_fixed(rp, 
 
     # replaying again finds nothing to send; a stale copy of the entry is harmless too
     assert "replayed 0 dead letter(s)" in cli("dead-letters", "replay", "--claim", "claim-refused")
-    delivery = actors.delivery_for(host)
+    delivery = host.delivery("richpanel")
     host.dead_letters.add(delivery.create_actor.actor_name, [STORE, event["body"]], reason="stale copy",
                           store_id=STORE, claim_id="claim-refused")
     assert "replayed 1 dead letter(s)" in cli("dead-letters", "replay", "--store", STORE)
@@ -384,7 +384,7 @@ def test_a_refused_ticket_is_listed_with_its_reason_and_replayed_once_fixed(rp, 
 
 def test_a_replay_after_a_lost_answer_adopts_the_ticket_instead_of_creating_another(rp, cli, monkeypatch):
     host, worker, sandbox, client = rp
-    monkeypatch.setattr(actors, "MAX_ATTEMPTS", 2)
+    monkeypatch.setattr(host.delivery("richpanel"), "max_attempts", 2)
     sandbox.state.update_config(drop_rate=1.0)  # Richpanel acts, every answer is lost
     event = claim_created(claim_id="claim-lost-answers")
     assert client.post("/webhooks/orderprotection", json=event, headers=HOOK).status_code == 202
@@ -396,7 +396,7 @@ def test_a_replay_after_a_lost_answer_adopts_the_ticket_instead_of_creating_anot
 
     sandbox.state.update_config(drop_rate=0.0)
     assert "replayed 1 dead letter(s)" in cli("dead-letters", "replay", "--claim", "claim-lost-answers")
-    delivery = actors.delivery_for(host)
+    delivery = host.delivery("richpanel")
     wait_for(lambda: delivery.ticket_id(STORE, "claim-lost-answers"), timeout=15)
     drain(host, worker)
     assert len(sandbox.state.tickets(KEY)) == 1

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from opcore_hooks.app import create_app
 from opcore_hooks.testing import WEBHOOK_SECRET, approved, claim_created, drain, state_changed, wait_for
-from plugins.richpanel import actors, parking, plugin, session, stores
+from plugins.richpanel import plugin, session, stores
 from plugins.richpanel.stores import SettingsUpdate
 
 KEY = "rp_test_DeliveryKey_0001"
@@ -33,7 +33,7 @@ def rp(make_host, run_worker, sandbox, monkeypatch):
     host = make_host({"richpanel": plugin})
     stores.update(host, STORE, SettingsUpdate(api_key=KEY, default_team_id=TEAM, default_channel="email"))
     sandbox.state.requests.clear()  # the key check above is not delivery
-    for name in ("richpanel.create_ticket", "richpanel.snooze_ticket"):
+    for name in ("richpanel.create_ticket", "richpanel.finish_ticket"):
         host.broker.get_actor(name).options.update(min_backoff=50, max_backoff=200)
     worker = run_worker(host, threads=4)
     return host, worker, sandbox
@@ -56,7 +56,7 @@ def requests(sandbox, method: str | None = None, suffix: str = "") -> list[dict]
 
 
 def ticket_of(host, claim_id: str) -> str | None:
-    return actors.delivery_for(host).ticket_id(STORE, claim_id)
+    return host.delivery("richpanel").ticket_id(STORE, claim_id)
 
 
 def settle(host, worker, predicate, timeout: float = 20.0) -> None:
@@ -123,7 +123,7 @@ def test_duplicate_events_and_redeliveries_open_one_ticket(rp):
     first = claim_created()
     second = dict(first, id="another-event-id-for-the-same-claim")
     post(host, first, first, second)
-    delivery = actors.delivery_for(host)
+    delivery = host.delivery("richpanel")
     for _ in range(3):  # Dramatiq redelivering the same message
         delivery.create_actor.send(STORE, first["body"] | {"customer": first["body"]["customer"]})
     settle(host, worker, lambda: tickets(sandbox))
@@ -135,7 +135,7 @@ def test_duplicate_events_and_redeliveries_open_one_ticket(rp):
 
 def test_a_worker_killed_between_create_and_record_does_not_open_a_second_ticket(rp, monkeypatch):
     host, worker, sandbox = rp
-    delivery = actors.delivery_for(host)
+    delivery = host.delivery("richpanel")
     real_finish, crashed = delivery.ledger.finish, threading.Event()
 
     def crash_before_recording(store_id, claim_id, turn, fields=None, stat=None):
@@ -231,7 +231,7 @@ def test_rate_limits_are_honoured_across_every_request_of_the_key(rp, run_worker
         early = [r for r in log if hit["time"] < r["time"] < resume]
         assert early == [], f"requests sent before Retry-After passed: {early}"
     assert len(requests(sandbox, "POST", "/v1/tickets")) - len(limited) == 3
-    assert actors.delivery_for(host).stats()["rate_limited"] == len(limited)
+    assert host.delivery("richpanel").stats()["rate_limited"] == len(limited)
 
 
 def test_server_errors_are_retried_until_the_ticket_exists(rp):
@@ -243,7 +243,7 @@ def test_server_errors_are_retried_until_the_ticket_exists(rp):
     sandbox.state.update_config(error_rate=0.0)
     settle(host, worker, lambda: ticket_of(host, event["body"]["claim_id"]), timeout=30)
     assert len(tickets(sandbox)) == 1
-    assert actors.delivery_for(host).stats()["transient_retries"] >= 2
+    assert host.delivery("richpanel").stats()["transient_retries"] >= 2
 
 
 @pytest.mark.parametrize("status", [400, 404, 413])
@@ -270,14 +270,14 @@ def test_a_rejected_key_parks_the_work_until_a_valid_key_is_saved(rp):
     sandbox.state.reset()  # Richpanel no longer knows the key: every call answers 401
     events = [claim_created(claim_id=f"claim-{i}") for i in range(3)]
     post(host, *events)
-    settle(host, worker, lambda: parking.parked_count(host, STORE) == 3)
+    settle(host, worker, lambda: host.delivery("richpanel").parked_count(STORE) == 3)
     assert stores.load(host, STORE).credentials == "invalid"
     assert tickets_count(sandbox) == 0
     new_key = "rp_test_ReplacementKey_0002"
     sandbox.state.add_account(new_key, teams=[{"id": TEAM, "name": "Claims"}])
     stores.update(host, STORE, SettingsUpdate(api_key=new_key))
     settle(host, worker, lambda: len(sandbox.state.tickets(new_key)) == 3)
-    assert parking.parked_count(host, STORE) == 0
+    assert host.delivery("richpanel").parked_count(STORE) == 0
 
 
 def tickets_count(sandbox) -> int:
@@ -286,7 +286,7 @@ def tickets_count(sandbox) -> int:
 
 def test_paced_delivery_keeps_under_the_quota_without_meeting_it(rp, monkeypatch):
     host, worker, sandbox = rp
-    delivery = actors.delivery_for(host)
+    delivery = host.delivery("richpanel")
     delivery.pacer.quota, delivery.pacer.window = 4, 1.0
     sandbox.state.update_config(quota=4, window=1.0)
     post(host, *[claim_created(claim_id=f"claim-{i}") for i in range(10)])
@@ -305,20 +305,20 @@ def test_a_store_disconnected_since_this_process_read_it_gets_no_ticket_and_noth
     drain(host, worker)
     assert ticket_of(host, "after-disconnect") is None
     assert len(requests(sandbox, "POST", "/v1/tickets")) == 1
-    assert parking.parked_count(host, STORE) == 0
+    assert host.delivery("richpanel").parked_count(STORE) == 0
 
 
 def test_a_turn_whose_answer_was_lost_and_is_asked_again_goes_on(rp, monkeypatch):
     """redis-py sends a command again when its answer is lost; the rerun must not find its own
     lock held by someone else and wait the lock out."""
     host, worker, sandbox = rp
-    from plugins.richpanel import ledger as ledger_module
+    from opcore_hooks.delivery import ledger as ledger_module
 
-    delivery = actors.delivery_for(host)
+    delivery = host.delivery("richpanel")
     snap, config = delivery.store(STORE, fresh=True)
     monkeypatch.setattr(ledger_module.secrets, "token_hex", lambda n: "same-token")
     monkeypatch.setattr(ledger_module.uuid, "uuid4", lambda: type("U", (), {"hex": "same-member"})())
-    key = config.api_key.get_secret_value()
+    key = config.api_key.get_secret_value()  # Richpanel's pacing scope
     first = delivery.ledger.begin("create", STORE, "lost-answer", key, snap, None)
     again = delivery.ledger.begin("create", STORE, "lost-answer", key, snap, None)
     assert (first.outcome, again.outcome) == ("go", "go")

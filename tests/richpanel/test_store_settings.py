@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from opcore_hooks import CredentialsCheck
 from opcore_hooks.crypto import DecryptionError, generate_master_key
-from plugins.richpanel import parking, plugin, session, stores
+from plugins.richpanel import plugin, session, stores
 from plugins.richpanel.sandbox import SandboxConfig, SandboxState, create_sandbox, run_in_thread
 from plugins.richpanel.stores import SettingsError, SettingsUpdate
 
@@ -288,11 +288,11 @@ def test_saving_a_valid_key_releases_parked_work(host):
 
     host.actor(deliver, plugin="richpanel")
     save(host, api_key=KEY, enabled=False)
-    parking.park(host, STORE, "richpanel.deliver", ["claim-1"])
+    host.delivery("richpanel").parking.park(STORE, "richpanel.deliver", ["claim-1"])
     save(host, default_channel="message")  # still disabled: stays parked
-    assert parking.parked_count(host, STORE) == 1
+    assert host.delivery("richpanel").parked_count(STORE) == 1
     save(host, api_key=KEY, enabled=True)
-    assert parking.parked_count(host, STORE) == 0
+    assert host.delivery("richpanel").parked_count(STORE) == 0
     queued = host.redis.hvals(f"{host.broker.namespace}:richpanel.msgs")
     assert len(queued) == 1 and b"claim-1" in queued[0]
 

@@ -1,15 +1,15 @@
 """Each claim's delivery record in Redis, read and written in one round trip per step.
 
-A claim's hash (``<ns>:richpanel:claim:<store>:<claim>``) holds ``ticket_id`` once known,
-``pending`` while a create may have reached Richpanel unrecorded, and ``snooze``
-(``wanted``/``done``). Before any request to Richpanel a worker *takes a turn*, which in one
-Lua script checks that:
+A claim's hash (``<ns>:<plugin>:claim:<store>:<claim>``) holds ``ticket_id`` once known,
+``pending`` while a create may have reached the helpdesk unrecorded, and ``finish``
+(``wanted``/``done``). Before any request to the helpdesk a worker *takes a turn*, which in
+one Lua script checks that:
 
 1. the store's settings are the ones this process decrypted (otherwise ``stale``, with the
    fresh fields, so settings can be cached per process yet never be used once changed);
-2. the work is not done already (a ticket exists; a snooze is done or has no ticket yet);
+2. the work is not done already (a ticket exists; a finish is done or has no ticket yet);
 3. no other worker holds the claim's lock (Dramatiq delivers at least once);
-4. the key's pacing admits a request now (pacing.LUA, the same functions every pacer runs);
+4. the scope's pacing admits a request now (pacing.LUA, the same functions every pacer runs);
 
 and only then takes the lock, records the request as sent, and, for a create, sets
 ``pending``. Finishing (the outcome, its counter, the answer time for pacing, the lock's
@@ -23,14 +23,14 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
-
-from opcore_hooks import Host
+from typing import TYPE_CHECKING, Callable, Literal, Mapping
 
 from .pacing import LUA as PACING_LUA, Pacer
 
-NAME = "richpanel"
-Kind = Literal["create", "snooze"]
+if TYPE_CHECKING:
+    from ..host import Host
+
+Kind = Literal["create", "finish"]
 #: A slot this close is taken now rather than rescheduled: the delay queue's own latency is larger.
 EPSILON = 0.05
 
@@ -54,12 +54,12 @@ if not stale and #names > 0 then
   stale = stale or table.concat(parts, '\\0') ~= ARGV[1]
 end
 if stale then return {'stale', redis.call('HGETALL', KEYS[1])} end
-local claim = redis.call('HMGET', KEYS[2], 'ticket_id', 'pending', 'snooze')
-local ticket, pending, snooze = claim[1] or '', claim[2] or '', claim[3] or ''
-if ARGV[2] == 'create' and ticket ~= '' then return {'ticket', ticket, snooze} end
-if ARGV[2] == 'snooze' and (ticket == '' or snooze == 'done') then return {'skip', ticket, snooze} end
+local claim = redis.call('HMGET', KEYS[2], 'ticket_id', 'pending', 'finish')
+local ticket, pending, finish = claim[1] or '', claim[2] or '', claim[3] or ''
+if ARGV[2] == 'create' and ticket ~= '' then return {'ticket', ticket, finish} end
+if ARGV[2] == 'finish' and (ticket == '' or finish == 'done') then return {'skip', ticket, finish} end
 local holder = redis.call('GET', KEYS[3])
-if holder == ARGV[9] then return {'go', ticket, snooze, pending} end
+if holder == ARGV[9] then return {'go', ticket, finish, pending} end
 if holder then return {'busy'} end
 local now, window, quota = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local slot = tonumber(ARGV[11])
@@ -69,7 +69,7 @@ local retry = admit(KEYS[7], KEYS[5], KEYS[6], now, window + tonumber(ARGV[8]), 
 if retry then return {'wait', string.format('%.6f', retry)} end
 redis.call('SET', KEYS[3], ARGV[9], 'PX', ARGV[10])
 if ARGV[2] == 'create' and pending ~= '1' then redis.call('HSET', KEYS[2], 'pending', '1') end
-return {'go', ticket, snooze, pending}
+return {'go', ticket, finish, pending}
 """
 
 # KEYS: claim hash, stats hash, sent zset, claim lock.
@@ -79,13 +79,13 @@ if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
 if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
 if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[2]) end
 if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
-return redis.call('HGET', KEYS[1], 'snooze')
+return redis.call('HGET', KEYS[1], 'finish')
 """
 
-# KEYS: claim hash. "done" stays done; returns the ticket id when a snooze is wanted and possible.
-_WANT_SNOOZE = """
-redis.call('HSETNX', KEYS[1], 'snooze', 'wanted')
-local c = redis.call('HMGET', KEYS[1], 'snooze', 'ticket_id')
+# KEYS: claim hash. "done" stays done; returns the ticket id when a finish is wanted and possible.
+_WANT_FINISH = """
+redis.call('HSETNX', KEYS[1], 'finish', 'wanted')
+local c = redis.call('HMGET', KEYS[1], 'finish', 'ticket_id')
 if c[1] == 'wanted' and c[2] then return c[2] end
 return false
 """
@@ -110,11 +110,11 @@ class Turn:
 
     outcome: Literal["go", "wait", "busy", "ticket", "skip", "stale"]
     ticket_id: str | None = None
-    snooze: str | None = None
+    finish: str | None = None
     pending: bool = False
     at: float | None = None
     fields: dict[str, str] | None = None
-    api_key: str = field(default="", repr=False)
+    scope: str = field(default="", repr=False)
     member: str = ""
     token: str = ""
     finished: bool = False
@@ -125,23 +125,26 @@ def _text(raw: bytes | None) -> str | None:
 
 
 class Ledger:
-    def __init__(self, host: Host, pacer: Pacer, lock_ms: int) -> None:
+    """One plugin's claim records. ``store_key`` names a store's settings hash (the plugin's)."""
+
+    def __init__(self, host: Host, plugin: str, pacer: Pacer, lock_ms: int,
+                 store_key: Callable[[str], str]) -> None:
         self.host = host
+        self.plugin = plugin
         self.redis = host.redis
         self.pacer = pacer
         self.lock_ms = lock_ms
+        self.store_key = store_key
+        self.stats_key = host.key(plugin, "stats")
         self._begin = host.redis.register_script(_BEGIN)
         self._finish = host.redis.register_script(_FINISH)
-        self._want_snooze = host.redis.register_script(_WANT_SNOOZE)
+        self._want_finish = host.redis.register_script(_WANT_FINISH)
 
     def claim_key(self, store_id: str, claim_id: str) -> str:
-        return self.host.key(NAME, "claim", store_id, claim_id)
+        return self.host.key(self.plugin, "claim", store_id, claim_id)
 
     def _lock_key(self, store_id: str, claim_id: str) -> str:
-        return self.host.key(NAME, "lock", store_id, claim_id)
-
-    def store_key(self, store_id: str) -> str:
-        return self.host.key(NAME, "store", store_id)
+        return self.host.key(self.plugin, "lock", store_id, claim_id)
 
     def ticket_id(self, store_id: str, claim_id: str) -> str | None:
         return _text(self.redis.hget(self.claim_key(store_id, claim_id), "ticket_id"))
@@ -149,13 +152,13 @@ class Ledger:
     def set(self, store_id: str, claim_id: str, **fields: str) -> None:
         self.redis.hset(self.claim_key(store_id, claim_id), mapping=fields)
 
-    def begin(self, kind: Kind, store_id: str, claim_id: str, api_key: str, store_snapshot: Snapshot,
+    def begin(self, kind: Kind, store_id: str, claim_id: str, scope: str, store_snapshot: Snapshot,
               slot: float | None, now: float | None = None) -> Turn:
         now = time.time() if now is None else now
         pacer, member, token = self.pacer, uuid.uuid4().hex, secrets.token_hex(8)
         reply = self._begin(
             keys=[self.store_key(store_id), self.claim_key(store_id, claim_id), self._lock_key(store_id, claim_id),
-                  *pacer.keys(api_key)],
+                  *pacer.keys(scope)],
             args=[store_snapshot.joined, kind, repr(now), repr(pacer.window), pacer.quota, member,
                   repr(pacer.margin), repr(pacer.ADMIT_MARGIN), token, self.lock_ms, "" if slot is None else repr(slot),
                   EPSILON, *store_snapshot.names],
@@ -168,27 +171,27 @@ class Ledger:
             return Turn("busy")
         if outcome == "wait":
             return Turn("wait", at=float(reply[1]))
-        turn = Turn(outcome, ticket_id=_text(reply[1]), snooze=_text(reply[2]))  # type: ignore[arg-type]
+        turn = Turn(outcome, ticket_id=_text(reply[1]), finish=_text(reply[2]))  # type: ignore[arg-type]
         if outcome == "go":
-            turn.pending, turn.api_key, turn.member, turn.token = reply[3] == b"1", api_key, member, token
+            turn.pending, turn.scope, turn.member, turn.token = reply[3] == b"1", scope, member, token
         return turn
 
     def finish(self, store_id: str, claim_id: str, turn: Turn, fields: Mapping[str, str] | None = None,
                stat: str | None = None) -> str | None:
         """Record ``fields`` and count ``stat``; stamp the answer for pacing and release the lock.
 
-        Returns the claim's ``snooze`` field as it stands after the write.
+        Returns the claim's ``finish`` field as it stands after the write.
         """
         args = [stat or "", turn.member, repr(time.time()), turn.token]
         for name, value in (fields or {}).items():
             args += [name, value]
-        keys = [self.claim_key(store_id, claim_id), self.host.key(NAME, "stats"),
-                self.pacer.keys(turn.api_key)[3] if turn.api_key else self.host.key(NAME, "-"),
+        keys = [self.claim_key(store_id, claim_id), self.stats_key,
+                self.pacer.keys(turn.scope)[3] if turn.scope else self.host.key(self.plugin, "-"),
                 self._lock_key(store_id, claim_id)]
-        snooze = self._finish(keys=keys, args=args)
+        finish = self._finish(keys=keys, args=args)
         turn.finished = True
-        return _text(snooze)
+        return _text(finish)
 
-    def want_snooze(self, store_id: str, claim_id: str) -> str | None:
-        """Mark the claim's ticket for snoozing; its id when it exists and is not snoozed yet."""
-        return _text(self._want_snooze(keys=[self.claim_key(store_id, claim_id)]))
+    def want_finish(self, store_id: str, claim_id: str) -> str | None:
+        """Mark the claim's ticket for finishing; its id when it exists and is not finished yet."""
+        return _text(self._want_finish(keys=[self.claim_key(store_id, claim_id)]))

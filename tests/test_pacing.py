@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from plugins.richpanel.pacing import Pacer, fingerprint
+from opcore_hooks.delivery.pacing import Pacer, fingerprint
 
 KEY = "rp_pacing_SecretKey_9999"
 
@@ -49,6 +49,20 @@ def test_a_lower_advertised_limit_becomes_the_quota(redis_client):
     p.observe(KEY, limit=2, remaining=1, now=now)
     slots = [p.reserve(KEY, now=now).at for _ in range(3)]
     assert slots[2] >= now + p.window
+
+
+def test_a_higher_advertised_limit_counts_only_where_the_server_sets_the_quota(redis_client):
+    # Zendesk's plan sets its budget (200 to 2,500 a minute): the configured quota is where a new
+    # account starts, and the server's figure replaces it; Richpanel's quota is fixed and only lowered.
+    now = time.time()
+    fixed = pacer(redis_client, quota=2, window=60.0)
+    fixed.observe(KEY, limit=5, remaining=5, now=now)
+    assert fixed.quota_for(KEY) == 2
+    assert sum(fixed.reserve(KEY, now=now).at < now + 60 for _ in range(5)) == 2
+    follows = Pacer(redis_client, "optest:pace2", quota=2, window=60.0, follow_server_limit=True)
+    follows.observe(KEY, limit=5, remaining=5, now=now)
+    assert follows.quota_for(KEY) == 5
+    assert sum(follows.reserve(KEY, now=now).at < now + 60 for _ in range(7)) == 5
 
 
 def test_requests_we_did_not_send_slow_us_down(redis_client):

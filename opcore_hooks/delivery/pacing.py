@@ -1,19 +1,19 @@
-"""Per-API-key pacing shared by every worker through Redis.
+"""Pacing per scope (an API key, an account) shared by every worker through Redis.
 
-Richpanel allows ``quota`` requests per ``window`` seconds per account and answers 429 (or
-492) past it. Instead of trying and backing off, each piece of work *reserves* a slot: the
+A helpdesk allows ``quota`` requests per ``window`` seconds per scope (Richpanel: 50 per 30 s
+per API key) and answers 429 past it. Instead of trying and backing off, each piece of work *reserves* a slot: the
 earliest time at which the sliding window still has room. A backlog therefore turns into
 messages scheduled at the quota's pace, each fetched once when its slot comes (no thrashing of
 the delay queue), and a store's backlog never occupies the workers another store needs. Every
 request is then *admitted* against the requests really sent (a create that follows a lookup
 in the same turn is admitted without a reservation of its own).
 
-A rate-limit answer blocks the key until its ``Retry-After`` has passed; reservations made
-before the block are re-checked when they run. ``X-RateLimit-Remaining`` lower than our own
-count means someone else spends the same key, and the difference is booked as phantom
-reservations so we slow down instead of meeting a 429.
+A rate-limit answer blocks the scope until its ``Retry-After`` has passed; reservations made
+before the block are re-checked when they run. A remaining count lower than our own count
+means someone else spends the same scope (another app on the account), and the difference is
+booked as phantom reservations so we slow down instead of meeting a 429.
 
-Keys in Redis are a fingerprint of the API key, never the key itself.
+Keys in Redis are a fingerprint of the scope, never the scope itself (it may be an API key).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import redis
 LUA = """
 local function quota_of(limit_key, quota)
   local advertised = tonumber(redis.call('GET', limit_key) or '0')
-  if advertised > 0 and advertised < quota then return advertised end
+  if advertised > 0 then return advertised end
   return quota
 end
 
@@ -110,8 +110,8 @@ return 'go'
 
 
 @functools.lru_cache(maxsize=1024)  # every request hashes its key twice; a process sees few keys
-def fingerprint(api_key: str) -> str:
-    return hashlib.sha256(b"opcore-pacing:" + api_key.encode()).hexdigest()[:20]
+def fingerprint(scope: str) -> str:
+    return hashlib.sha256(b"opcore-pacing:" + scope.encode()).hexdigest()[:20]
 
 
 @dataclass(frozen=True)
@@ -123,89 +123,93 @@ class Slot:
 
 
 class Pacer:
-    def __init__(self, client: redis.Redis, prefix: str, *, quota: int, window: float) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, *, quota: int, window: float,
+                 follow_server_limit: bool = False) -> None:
         self.redis = client
         self.prefix = prefix
         self.quota = quota
         self.window = window
+        #: An advertised limit higher than ``quota`` raises it too (else only a lower one counts).
+        self.follow_server_limit = follow_server_limit
         #: Headroom added to the window: a request runs a little after its slot, never before.
         self.margin = min(1.0, 0.02 * window + 0.05)
         self._reserve = client.register_script(_RESERVE)
         self._block = client.register_script(_BLOCK)
         self._admit = client.register_script(_ADMIT)
 
-    def keys(self, api_key: str) -> tuple[str, str, str, str]:
+    def keys(self, scope: str) -> tuple[str, str, str, str]:
         """The key's reservations, blocked-until, advertised-limit and sent keys, in LUA's order."""
-        fp = fingerprint(api_key)
+        fp = fingerprint(scope)
         return (f"{self.prefix}:{fp}:slots", f"{self.prefix}:{fp}:blocked", f"{self.prefix}:{fp}:limit",
                 f"{self.prefix}:{fp}:sent")
 
-    def _keys(self, api_key: str) -> tuple[str, str, str]:
-        return self.keys(api_key)[:3]
+    def _keys(self, scope: str) -> tuple[str, str, str]:
+        return self.keys(scope)[:3]
 
-    def _sent(self, api_key: str) -> str:
-        return self.keys(api_key)[3]
+    def _sent(self, scope: str) -> str:
+        return self.keys(scope)[3]
 
-    #: Admission counts requests by when their answer came back (never earlier than Richpanel
+    #: Admission counts requests by when their answer came back (never earlier than the server
     #: counted them), so its margin only covers clocks: one host, or NTP between hosts.
     ADMIT_MARGIN = 0.05
 
-    def admit(self, api_key: str, now: float | None = None) -> tuple[str | None, float | None]:
+    def admit(self, scope: str, now: float | None = None) -> tuple[str | None, float | None]:
         """Record a request about to be sent now: (member, None); or (None, when it may be)."""
         now = time.time() if now is None else now
-        _, blocked, limit = self._keys(api_key)
+        _, blocked, limit = self._keys(scope)
         member = uuid.uuid4().hex
-        answer = self._admit(keys=[self._sent(api_key), blocked, limit],
+        answer = self._admit(keys=[self._sent(scope), blocked, limit],
                              args=[repr(now), repr(self.window), self.quota, member, repr(self.ADMIT_MARGIN)])
         return (member, None) if answer == b"go" else (None, float(answer))
 
-    def answered(self, api_key: str, member: str, at: float | None = None) -> None:
+    def answered(self, scope: str, member: str, at: float | None = None) -> None:
         """Move an admitted request to the time its answer came back (a conservative send time)."""
-        self.redis.zadd(self._sent(api_key), {member: time.time() if at is None else at}, xx=True)
+        self.redis.zadd(self._sent(scope), {member: time.time() if at is None else at}, xx=True)
 
-    def reserve(self, api_key: str, now: float | None = None) -> Slot:
-        """Book the earliest request slot for ``api_key``; the caller sends at ``slot.at``."""
+    def reserve(self, scope: str, now: float | None = None) -> Slot:
+        """Book the earliest request slot for ``scope``; the caller sends at ``slot.at``."""
         now = time.time() if now is None else now
-        at = self._reserve(keys=list(self._keys(api_key)),
+        at = self._reserve(keys=list(self._keys(scope)),
                            args=[repr(now), repr(self.window), self.quota, uuid.uuid4().hex, repr(self.margin)])
         return Slot(float(at))
 
-    def block(self, api_key: str, seconds: float, now: float | None = None) -> float:
-        """No request with ``api_key`` before ``now + seconds`` (a 429/492's Retry-After)."""
+    def block(self, scope: str, seconds: float, now: float | None = None) -> float:
+        """No request with ``scope`` before ``now + seconds`` (a rate limit's Retry-After)."""
         until = (time.time() if now is None else now) + max(0.0, seconds)
-        self._block(keys=[self._keys(api_key)[1]], args=[repr(until)])
+        self._block(keys=[self._keys(scope)[1]], args=[repr(until)])
         return until
 
-    def blocked_until(self, api_key: str) -> float:
-        raw = self.redis.get(self._keys(api_key)[1])
+    def blocked_until(self, scope: str) -> float:
+        raw = self.redis.get(self._keys(scope)[1])
         return float(raw) if raw else 0.0
 
-    def quota_for(self, api_key: str) -> int:
-        """The configured quota, or Richpanel's advertised ``X-RateLimit-Limit`` when lower."""
-        advertised = self.redis.get(self._keys(api_key)[2])
-        return min(self.quota, int(advertised)) if advertised else self.quota
+    def quota_for(self, scope: str) -> int:
+        """The configured quota, or the server's advertised limit where ``observe`` kept one."""
+        advertised = self.redis.get(self._keys(scope)[2])
+        return int(advertised) if advertised else self.quota
 
-    def observe(self, api_key: str, limit: int | None, remaining: int | None, now: float | None = None) -> int:
-        """Follow what Richpanel advertises: a lower limit, and requests we did not send.
+    def observe(self, scope: str, limit: int | None, remaining: int | None, now: float | None = None) -> int:
+        """Follow what the server advertises: its limit, and requests we did not send.
 
-        A lower ``X-RateLimit-Limit`` than configured becomes this key's quota for an hour.
-        A ``X-RateLimit-Remaining`` lower than our own count means someone else spends the
-        key; the difference is booked as phantom reservations. Returns how many were booked.
-        Only ever tightens: a higher ``remaining`` than expected changes nothing.
+        A lower advertised limit than configured (any advertised limit, with
+        ``follow_server_limit``) becomes this scope's quota for an hour. A remaining count
+        lower than our own count means someone else spends the scope; the difference is booked
+        as phantom reservations. Returns how many were booked. A higher ``remaining`` than
+        expected changes nothing.
         """
-        slots, _, limit_key = self._keys(api_key)
-        if limit is not None and 0 < limit < self.quota:
+        slots, _, limit_key = self._keys(scope)
+        if limit is not None and 0 < limit and (limit < self.quota or self.follow_server_limit):
             self.redis.set(limit_key, limit, ex=3600)
         if remaining is None:
             return 0
         now = time.time() if now is None else now
-        # Sends are stamped no later than Richpanel saw them, so count a margin further back.
-        ours = int(self.redis.zcount(self._sent(api_key), now - self.window - self.ADMIT_MARGIN, "+inf"))
-        phantom = (self.quota_for(api_key) - ours) - remaining
+        # Sends are stamped no later than the server saw them, so count a margin further back.
+        ours = int(self.redis.zcount(self._sent(scope), now - self.window - self.ADMIT_MARGIN, "+inf"))
+        phantom = (self.quota_for(scope) - ours) - remaining
         if phantom <= 0:
             return 0
         phantom = min(phantom, self.quota)
         phantoms = {f"phantom:{uuid.uuid4().hex}": now for _ in range(phantom)}
         self.redis.zadd(slots, phantoms)
-        self.redis.zadd(self._sent(api_key), phantoms)
+        self.redis.zadd(self._sent(scope), phantoms)
         return phantom

@@ -1,0 +1,38 @@
+"""The delivery engine: what every helpdesk plugin gets from the host, written once.
+
+A plugin describes its helpdesk with a :class:`Helpdesk` subclass (``helpdesk.py``) and
+returns it from ``register_helpdesk``; the host builds a :class:`Delivery` for it
+(``engine.py``), reachable as ``host.delivery(name)``. The engine keeps each claim's record
+(``ledger.py``), paces requests per scope through Redis (``pacing.py``) and parks work while
+credentials are rejected (``parking.py``).
+"""
+
+from .engine import Delivery
+from .helpdesk import (
+    FINISH_STATES,
+    Call,
+    CredentialsRejected,
+    Helpdesk,
+    HelpdeskError,
+    Pacing,
+    RateLimited,
+    Refused,
+    Transient,
+    classify_http,
+    retry_after_seconds,
+)
+
+__all__ = [
+    "FINISH_STATES",
+    "Call",
+    "CredentialsRejected",
+    "Delivery",
+    "Helpdesk",
+    "HelpdeskError",
+    "Pacing",
+    "RateLimited",
+    "Refused",
+    "Transient",
+    "classify_http",
+    "retry_after_seconds",
+]

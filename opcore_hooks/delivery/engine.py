@@ -1,0 +1,373 @@
+"""Delivery to a helpdesk: one ticket per claim, one finishing call per finished claim, paced.
+
+The host builds one :class:`Delivery` per plugin whose ``register_helpdesk`` hook returns a
+:class:`~.helpdesk.Helpdesk`; the plugin's claim hooks hand claims to it. Guarantees, and
+where they hold:
+
+- **One ticket per claim.** A per-claim record in Redis (``ledger.py``) holds the ticket id
+  once known, and a ``pending`` flag is set *before* every create. A later attempt that finds
+  ``pending`` set (the worker died, the answer was lost, a 5xx came back after the helpdesk may
+  have acted) first asks the helpdesk's ``find_ticket`` and adopts what it finds, and only
+  creates when it finds nothing. A per-claim lock keeps duplicate messages (Dramatiq delivers
+  at least once) from racing each other. What remains is the helpdesk's own window between
+  creating a ticket and finding it.
+- **Finish after creation, once.** A finished claim sets ``finish=wanted`` and the create
+  path checks it right after recording the ticket id; whichever of the two runs second sends
+  the finish, and ``finish=done`` makes repeats no-ops. A worker killed between the request
+  and recording it repeats the (idempotent) finish once.
+- **Nothing is dropped.** Rate limits and transient failures reschedule the message (a new
+  delayed message, so Dramatiq's retry budget is never spent on waiting); a refusal goes to
+  the dead letters with the reason; rejected credentials are recorded in the store's health
+  and park the work until valid ones are saved.
+
+A new claim's first turn runs right in the thread that dispatched the event: a second
+Dramatiq message per ticket would cost more than the ticket's own work. Only what must wait
+(a paced slot, a held lock, a retry) becomes a message for the create or finish actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
+
+from ..events import ClaimCreated, ClaimStatusChanged
+from .helpdesk import Call, CredentialsRejected, Helpdesk, HelpdeskError, RateLimited, Refused
+from .ledger import EPSILON, Kind, Ledger, Snapshot, Turn, snapshot
+from .pacing import Pacer
+from .parking import Parking
+
+if TYPE_CHECKING:
+    from ..host import Host
+
+log = logging.getLogger("opcore.delivery")
+
+T = TypeVar("T")
+BUSY_RETRY_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One piece of delivery work: create a claim's ticket, or finish it."""
+
+    kind: Kind
+    store_id: str
+    claim_id: str
+    slot: float | None = None
+    attempt: int = 0
+    claim: ClaimCreated | None = None
+    raw: dict[str, Any] | None = None
+    #: Straight from the event: a store found disconnected meanwhile is skipped, as the hook
+    #: skips it, rather than parked (parked work would be sent once the store reconnects).
+    first: bool = False
+
+    @property
+    def args(self) -> list[Any]:
+        """The actor's positional arguments, as a message or a parked entry carries them."""
+        if self.kind == "finish":
+            return [self.store_id, self.claim_id]
+        assert self.claim is not None
+        return [self.store_id, self.raw if self.raw is not None else self.claim.model_dump(mode="json")]
+
+
+class Rescheduled(Exception):
+    """Internal: this run is over; ``run`` sends the job again for later, once the claim lock
+    is released (sent under the lock, a message due at once can reach another thread before
+    the release and lose BUSY_RETRY_SECONDS to the lock)."""
+
+    def __init__(self, job: Job, delay: float) -> None:
+        super().__init__()
+        self.job, self.delay = job, delay
+
+
+class Delivery:
+    """One plugin's delivery: its actors, claim records, pacing and parking on one host."""
+
+    #: Transient failures (5xx, timeouts, lost connections) before the work becomes a dead letter.
+    max_attempts = 15
+
+    def __init__(self, host: Host, plugin: str, helpdesk: Helpdesk[Any]) -> None:
+        self.host, self.plugin, self.helpdesk = host, plugin, helpdesk
+        self.redis = host.redis
+        pacing = helpdesk.pacing
+        self.pacer = Pacer(host.redis, host.key(plugin, "pace"), quota=pacing.quota, window=pacing.window,
+                           follow_server_limit=pacing.follow_server_limit)
+        # Held across at most a lookup and a create, each bounded by the request timeout; a
+        # killed worker's lock must not hold its claim back much longer than that.
+        lock_ms = int((2 * helpdesk.request_timeout + 5) * 1000)
+        self.ledger = Ledger(host, plugin, self.pacer, lock_ms, helpdesk.settings_key)
+        self.parking = Parking(host, plugin)
+        #: Each store's settings as this process last read them, with their snapshot; taking a
+        #: turn checks the snapshot against Redis, so a change is seen at the next request.
+        self._stores: dict[str, tuple[Snapshot, Any]] = {}
+        options = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000,
+                   "on_retry_exhausted": "opcore.exhausted"}
+        self.create_actor = host.actor(self.create_ticket, plugin=plugin, **options)
+        self.finish_actor = host.actor(self.finish_ticket, plugin=plugin, **options)
+        self._actors = {"create": self.create_actor, "finish": self.finish_actor}
+
+    # -- what the plugin's hooks call ------------------------------------------------------
+    def claim_created(self, claim: ClaimCreated) -> None:
+        """Open the claim's ticket now if its pacing allows, else at its slot; stores that
+        do not use this helpdesk are skipped."""
+        if self._configured(claim.store_id, enabled=True):
+            self.run(Job("create", claim.store_id, claim.claim_id, claim=claim, first=True))
+
+    def claim_status_changed(self, change: ClaimStatusChanged) -> None:
+        """A finished claim's ticket is finished: now if it exists, else right after it is created."""
+        if change.claim_state.value not in self.helpdesk.finish_states:
+            return
+        if self._configured(change.store_id, enabled=False) and self.ledger.want_finish(
+                change.store_id, change.claim_id):
+            self.request_finish(change.store_id, change.claim_id)
+
+    def release_parked(self, store_id: str) -> int:
+        """Send the store's parked work again (its credentials were fixed); returns how many."""
+        return self.parking.release(store_id)
+
+    def request(self, scope: str, send: Callable[[Call[None]], T], *, max_wait: float) -> T:
+        """One request outside delivery (a settings check), paced as delivery is.
+
+        It waits for the scope's next slot up to ``max_wait`` seconds, else raises RateLimited
+        without sending; a rate limit it meets blocks delivery too. Errors come back as
+        ``classify`` names them (HelpdeskError subclasses), the original as their cause.
+        """
+        pacer = self.pacer
+        wait = pacer.blocked_until(scope) - time.time()
+        if wait <= 0:
+            wait = pacer.reserve(scope).wait()
+            if wait <= max_wait:
+                time.sleep(wait)
+                _, retry_at = pacer.admit(scope)  # counted among the requests really sent
+                wait = 0 if retry_at is None else retry_at - time.time()
+        if wait > 0:
+            raise RateLimited("rate limited by opcore's own pacing", wait)
+        return self._send(Call(None, scope, self._observer(scope)), send)
+
+    # -- state -----------------------------------------------------------------------------
+    def ticket_id(self, store_id: str, claim_id: str) -> str | None:
+        return self.ledger.ticket_id(store_id, claim_id)
+
+    def parked_count(self, store_id: str) -> int:
+        return self.parking.count(store_id)
+
+    def count(self, stat: str, by: int = 1) -> None:
+        self.redis.hincrby(self.ledger.stats_key, stat, by)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since the deployment began: tickets, finishes, adopted, rate_limited, ..."""
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(self.ledger.stats_key).items()}
+
+    def store(self, store_id: str, *, fresh: bool = False) -> tuple[Snapshot, Any]:
+        """The store's settings and their snapshot; from this process's cache unless ``fresh``.
+        None when the store never configured this helpdesk."""
+        cached = None if fresh else self._stores.get(store_id)
+        if cached is not None:
+            return cached
+        raw = self.redis.hgetall(self.helpdesk.settings_key(store_id))
+        return self._remember(store_id, {k.decode(): v.decode() for k, v in raw.items()})
+
+    def _remember(self, store_id: str, fields: dict[str, str]) -> tuple[Snapshot, Any]:
+        entry = (snapshot(fields), self.helpdesk.load_store(store_id, fields) if fields else None)
+        self._stores[store_id] = entry
+        return entry
+
+    def _usable(self, config: Any) -> bool:
+        return config is not None and self.helpdesk.usable(config)
+
+    def _configured(self, store_id: str, *, enabled: bool) -> bool:
+        """Whether the store uses this helpdesk; a negative answer from the cache is checked afresh."""
+        for fresh in (False, True):
+            _, config = self.store(store_id, fresh=fresh)
+            if config is not None and (not enabled or self.helpdesk.enabled(config)):
+                return True
+        return False
+
+    # -- actors ----------------------------------------------------------------------------
+    def create_ticket(self, store_id: str, claim: dict[str, Any], slot: float | None = None, attempt: int = 0) -> None:
+        model = ClaimCreated.model_validate(claim)
+        self.run(Job("create", store_id, model.claim_id, slot, attempt, model, claim))
+
+    def finish_ticket(self, store_id: str, claim_id: str, slot: float | None = None, attempt: int = 0) -> None:
+        self.run(Job("finish", store_id, claim_id, slot, attempt))
+
+    def request_finish(self, store_id: str, claim_id: str) -> None:
+        self.run(Job("finish", store_id, claim_id))
+
+    def run(self, job: Job) -> None:
+        """Take one turn at ``job``; what must happen later is sent as a new message."""
+        try:
+            self._run(job)
+        except Rescheduled as again:
+            actor, later = self._actors[again.job.kind], again.job
+            kwargs = {"slot": later.slot, "attempt": later.attempt}
+            if again.delay > EPSILON:
+                actor.send_with_options(args=tuple(later.args), kwargs=kwargs, delay=int(again.delay * 1000) + 1)
+            else:
+                actor.send_with_options(args=tuple(later.args), kwargs=kwargs)
+
+    def _run(self, job: Job) -> None:
+        helpdesk = self.helpdesk
+        for _ in range(3):
+            snap, config = self.store(job.store_id)
+            if not self._usable(config):
+                snap, config = self.store(job.store_id, fresh=True)
+                if not self._usable(config):
+                    self._unusable(job, config)
+                    return
+            turn = self.ledger.begin(job.kind, job.store_id, job.claim_id, helpdesk.pacing_scope(config),
+                                     snap, job.slot)
+            if turn.outcome != "stale":
+                break
+            assert turn.fields is not None
+            self._remember(job.store_id, turn.fields)  # an unusable store is handled above, afresh
+        else:
+            raise RuntimeError(f"the {self.plugin} settings of store {job.store_id!r} kept changing; retrying later")
+        if turn.outcome == "ticket":  # created already: only a wanted finish is left
+            if turn.finish == "wanted":
+                self.request_finish(job.store_id, job.claim_id)
+            return
+        if turn.outcome == "skip":
+            return
+        if turn.outcome == "busy":
+            self.reschedule(job, delay=BUSY_RETRY_SECONDS, stat="lock_waits")
+        if turn.outcome == "wait":
+            assert turn.at is not None
+            self.count("paced_waits")
+            raise Rescheduled(replace(job, slot=turn.at), turn.at - time.time())
+        try:
+            finish = self._create(job, config, turn) if job.kind == "create" else self._finish(job, config, turn)
+        finally:
+            if not turn.finished:
+                self.ledger.finish(job.store_id, job.claim_id, turn)
+        if finish == "wanted":
+            self.request_finish(job.store_id, job.claim_id)
+
+    def _unusable(self, job: Job, config: Any) -> None:
+        """No usable credentials (store disconnected, or rejected): park what is still to do."""
+        if job.first and (config is None or not self.helpdesk.enabled(config)):
+            return
+        ticket_id, finish = (v.decode() if v else None for v in self.redis.hmget(
+            self.ledger.claim_key(job.store_id, job.claim_id), "ticket_id", "finish"))
+        if job.kind == "create" and ticket_id is not None:
+            if finish == "wanted":
+                self.request_finish(job.store_id, job.claim_id)
+            return
+        if job.kind == "finish" and (ticket_id is None or finish == "done"):
+            return
+        self.park(job)
+
+    # -- the requests ----------------------------------------------------------------------
+    def _create(self, job: Job, config: Any, turn: Turn) -> str | None:
+        """Create (or adopt) the claim's ticket; returns the claim's finish field once recorded."""
+        claim, ledger, helpdesk = job.claim, self.ledger, self.helpdesk
+        assert claim is not None
+        call = Call(config, turn.scope, self._observer(turn.scope))
+        step: Literal["lookup", "create"] = "lookup" if turn.pending else "create"
+        try:
+            if step == "lookup":
+                self.count("lookups")
+                existing = self._send(call, lambda c: helpdesk.find_ticket(c, claim), count=True)
+                if existing is not None:
+                    return ledger.finish(job.store_id, job.claim_id, turn,
+                                         {"ticket_id": str(existing), "pending": "0"}, "adopted")
+                self._next_request(job, turn)
+                step = "create"
+            ticket_id = self._send(call, lambda c: helpdesk.create_ticket(c, claim), count=True)
+        except RateLimited:
+            if step == "create":  # a rate-limited request was not processed
+                ledger.finish(job.store_id, job.claim_id, turn, {"pending": "0"})
+            blocked = self.pacer.blocked_until(turn.scope)
+            self.reschedule(replace(job, slot=blocked), delay=blocked - time.time(), stat="rate_limit_waits")
+        except CredentialsRejected as exc:
+            helpdesk.credentials_rejected(config, str(exc))
+            self.park(job)
+            return None
+        except Refused as exc:  # a refused lookup leaves pending set: a replay looks up again
+            ledger.finish(job.store_id, job.claim_id, turn, {"pending": "0"} if step == "create" else None)
+            self.dead(job, f"{helpdesk.title} refused the ticket: {exc}")
+            return None
+        except HelpdeskError as exc:  # transient: the outcome is unknown
+            self.transient(job, exc)
+            return None
+        return ledger.finish(job.store_id, job.claim_id, turn,
+                             {"ticket_id": str(ticket_id), "pending": "0", "created_at": repr(time.time())}, "tickets")
+
+    def _next_request(self, job: Job, turn: Turn) -> None:
+        """After a lookup found nothing: clear ``pending`` and be admitted for the create."""
+        self.pacer.answered(turn.scope, turn.member)
+        self.ledger.set(job.store_id, job.claim_id, pending="0")
+        turn.member, retry_at = self.pacer.admit(turn.scope)
+        if turn.member is None:
+            turn.member = ""
+            assert retry_at is not None
+            self.count("paced_waits")
+            raise Rescheduled(replace(job, slot=retry_at), retry_at - time.time())
+        self.ledger.set(job.store_id, job.claim_id, pending="1")
+
+    def _finish(self, job: Job, config: Any, turn: Turn) -> None:
+        ticket_id, helpdesk = turn.ticket_id, self.helpdesk
+        assert ticket_id is not None
+        call = Call(config, turn.scope, self._observer(turn.scope))
+        try:
+            self._send(call, lambda c: helpdesk.finish_ticket(c, ticket_id), count=True)
+        except RateLimited:
+            blocked = self.pacer.blocked_until(turn.scope)
+            self.reschedule(replace(job, slot=blocked), delay=blocked - time.time(), stat="rate_limit_waits")
+        except CredentialsRejected as exc:
+            helpdesk.credentials_rejected(config, str(exc))
+            self.park(job)
+            return
+        except Refused as exc:
+            self.dead(job, f"{helpdesk.title} refused the finishing call: {exc}")
+            return
+        except HelpdeskError as exc:
+            self.transient(job, exc)
+            return
+        self.ledger.finish(job.store_id, job.claim_id, turn, {"finish": "done", "finished_at": repr(time.time())},
+                           "finishes")
+
+    def _observer(self, scope: str) -> Callable[[int | None, int | None], None]:
+        return lambda limit, remaining: self.pacer.observe(scope, limit, remaining)
+
+    def _send(self, call: Call[Any], send: Callable[[Call[Any]], T], *, count: bool = False) -> T:
+        """Make one request; its exception comes back classified, and a rate limit blocks the scope."""
+        try:
+            return send(call)
+        except Exception as exc:  # noqa: BLE001 - classified below; what is not a helpdesk answer re-raises
+            failure = self.helpdesk.classify(exc)
+            if failure is None:
+                raise
+            if isinstance(failure, RateLimited):
+                self.pacer.block(call.scope, failure.retry_after)
+                if count:
+                    self.count("rate_limited")
+            if failure is exc:
+                raise
+            raise failure from exc
+
+    # -- outcomes other than success -------------------------------------------------------
+    def reschedule(self, job: Job, *, delay: float, stat: str) -> None:
+        self.count(stat)
+        raise Rescheduled(job, delay)
+
+    def transient(self, job: Job, exc: HelpdeskError) -> None:
+        """5xx, timeout or lost connection: back off with jitter, or give up into dead letters."""
+        if job.attempt + 1 >= self.max_attempts:
+            self.dead(job, f"gave up after {job.attempt + 1} attempts: {exc}")
+            return
+        delay = min(2.0 ** job.attempt, 600.0) * random.uniform(0.5, 1.0)
+        self.reschedule(replace(job, slot=None, attempt=job.attempt + 1), delay=delay, stat="transient_retries")
+
+    def dead(self, job: Job, reason: str) -> None:
+        actor = self._actors[job.kind].actor_name
+        self.count("dead_letters")
+        log.error("%s: %s for claim %r of store %r is a dead letter: %s", self.plugin, actor, job.claim_id,
+                  job.store_id, reason)
+        self.host.dead_letters.add(actor, job.args, reason=reason, store_id=job.store_id, claim_id=job.claim_id)
+
+    def park(self, job: Job) -> None:
+        self.parking.park(job.store_id, self._actors[job.kind].actor_name, job.args)
+        self.count("parked")

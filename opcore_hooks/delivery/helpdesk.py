@@ -1,0 +1,215 @@
+"""What a helpdesk plugin tells the delivery engine: its API's specifics, and nothing else.
+
+A plugin subclasses :class:`Helpdesk` and returns an instance from its ``register_helpdesk``
+hook. The engine (``engine.py``) owns everything that must hold whatever the helpdesk:
+one ticket per claim under at-least-once delivery, the finishing call never before its ticket,
+pacing per credential shared by every worker, parking while credentials are rejected, dead
+letters with reasons, the per-claim record and its counters. The subclass supplies a few
+methods in the manner of Singer's ``RESTStream`` or Airbyte's ``HttpStream``:
+
+- reading a store's settings (``settings_key``, ``load_store``, ``usable``, ``pacing_scope``);
+- the requests (``create_ticket``, ``find_ticket``, ``finish_ticket``);
+- what its errors mean (``classify``): rate limited for N seconds, transient, credentials
+  rejected, or refused for good;
+- its pacing (``pacing``): how many requests per window, per what scope.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Generic, TypeVar
+
+import httpx
+
+if TYPE_CHECKING:
+    from ..events import ClaimCreated
+    from ..host import Host
+
+S = TypeVar("S")
+
+#: Claim states whose ticket gets the helpdesk's finishing call (snooze, pending, ...).
+FINISH_STATES = frozenset({"APPROVED", "RESOLVED", "RESOLVED_BY_BRAND"})
+
+
+# -- what a failed request means -----------------------------------------------------------------
+
+class HelpdeskError(Exception):
+    """A failed request, as the engine acts on it. ``classify`` turns a client's errors into these.
+
+    Messages reach logs and dead letters: they must never hold a credential.
+    """
+
+
+class RateLimited(HelpdeskError):
+    """The helpdesk refused for quota: nothing was done; no request in this scope for ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Transient(HelpdeskError):
+    """A 5xx, a timeout, a lost connection: the request may or may not have acted. Retried with back-off."""
+
+
+class CredentialsRejected(HelpdeskError):
+    """The store's credentials no longer work: its work is parked until valid ones are saved."""
+
+
+class Refused(HelpdeskError):
+    """The helpdesk refused this request for good (a 400, a 404): a dead letter, with this reason."""
+
+
+def retry_after_seconds(value: str | None, default: float = 1.0, now: float | None = None) -> float:
+    """``Retry-After`` as seconds from now: a number of seconds or an HTTP date; ``default`` when absent or odd."""
+    if value is None or not value.strip():
+        return default
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return default
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def classify_http(exc: Exception) -> HelpdeskError | None:
+    """What plain httpx errors mean (``response.raise_for_status()`` and transport failures).
+
+    429 is a rate limit, 401/403 rejected credentials, another 4xx a refusal, a 5xx or any
+    transport failure transient. Anything else is not a helpdesk answer: None.
+    """
+    if isinstance(exc, HelpdeskError):
+        return exc
+    if isinstance(exc, httpx.HTTPStatusError):
+        response, status = exc.response, exc.response.status_code
+        said = f"{exc.request.method} {exc.request.url.path} answered {status}"
+        if status == 429:
+            return RateLimited(said, retry_after_seconds(response.headers.get("retry-after")))
+        if status in (401, 403):
+            return CredentialsRejected(said)
+        if 400 <= status < 500:
+            return Refused(f"{said}: {response.text[:200]}")
+        return Transient(said)
+    if isinstance(exc, httpx.TransportError):
+        return Transient(f"{type(exc).__name__}: no answer")
+    return None
+
+
+# -- pacing and one request's context ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pacing:
+    """How fast one scope (an API key, an account) may be called.
+
+    A sliding window: at most ``quota`` requests in any ``window`` seconds, shared by every
+    worker through Redis. It also serves a leaky bucket (Gorgias: 40 per 20 s, leaking 2 per
+    second) conservatively: any sequence with at most ``capacity`` requests per
+    ``capacity / leak`` seconds never overflows the bucket. What the server reports
+    (``Call.observe``) tightens it: a lower advertised limit, and requests other apps spent.
+    ``follow_server_limit`` also lets an advertised limit *raise* the quota (Zendesk's plan
+    decides it, and the configured quota is only where a new account starts).
+    """
+
+    quota: int
+    window: float
+    follow_server_limit: bool = False
+
+
+@dataclass
+class Call(Generic[S]):
+    """One request's context, handed to the request methods of a Helpdesk.
+
+    ``store`` is the store's settings as ``load_store`` made them (None for a request made
+    outside delivery, such as a settings check). ``observe`` passes on what the helpdesk
+    said of its quota, so every worker's pacing follows it.
+    """
+
+    store: S
+    scope: str
+    observe: Callable[[int | None, int | None], None]
+
+
+# -- the adapter ---------------------------------------------------------------------------------
+
+class Helpdesk(Generic[S]):
+    """Subclass this for a helpdesk; every method documents what the engine expects of it."""
+
+    #: The helpdesk's name as people read it, in logs and dead-letter reasons.
+    title: ClassVar[str] = "the helpdesk"
+    #: Claim states whose ticket gets ``finish_ticket``.
+    finish_states: ClassVar[frozenset[str]] = FINISH_STATES
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    # -- settings ----------------------------------------------------------------------------
+    @property
+    def pacing(self) -> Pacing:
+        """Requests per window per ``pacing_scope``."""
+        raise NotImplementedError
+
+    @property
+    def request_timeout(self) -> float:
+        """Seconds before one request counts as lost; bounds how long a claim's lock is held."""
+        return 10.0
+
+    def settings_key(self, store_id: str) -> str:
+        """The Redis hash holding the store's settings for this helpdesk.
+
+        The engine caches each store's settings per process and checks, in the same Redis step
+        that takes a claim's turn, that the hash is unchanged: a new key is used at once.
+        """
+        raise NotImplementedError
+
+    def load_store(self, store_id: str, fields: dict[str, str]) -> S:
+        """The store's settings from the hash's fields (secrets decrypted); fields is never empty."""
+        raise NotImplementedError
+
+    def enabled(self, store: S) -> bool:
+        """Whether the store chose this helpdesk. A disabled store's new claims are skipped."""
+        return bool(getattr(store, "enabled"))
+
+    def usable(self, store: S) -> bool:
+        """Whether requests may be made: enabled, with credentials not known to be rejected.
+        An enabled store that is not usable has its work parked."""
+        return self.enabled(store) and getattr(store, "credentials", "unchecked") != "invalid"
+
+    def pacing_scope(self, store: S) -> str:
+        """What the helpdesk counts requests against: an API key, an account. Never stored as is
+        (a fingerprint names it in Redis)."""
+        raise NotImplementedError
+
+    def credentials_rejected(self, store: S, reason: str) -> None:
+        """Record in the store's health that its credentials were refused (a 401)."""
+
+    # -- the requests ------------------------------------------------------------------------
+    def create_ticket(self, call: Call[S], claim: ClaimCreated) -> str:
+        """Open the claim's ticket; return its id. Called at most once per claim unless an
+        earlier answer was lost, in which case ``find_ticket`` is asked first."""
+        raise NotImplementedError
+
+    def find_ticket(self, call: Call[S], claim: ClaimCreated) -> str | None:
+        """The id of the ticket an earlier create opened for this claim, or None.
+
+        Asked only when a create may have acted unrecorded (a lost answer, a dead worker, a 5xx),
+        before creating again. A helpdesk with an idempotency key may also send the create
+        again with the same key, and return None here.
+        """
+        raise NotImplementedError
+
+    def finish_ticket(self, call: Call[S], ticket_id: str) -> None:
+        """Mark the ticket of a finished claim (snooze, pending). Must be safe to repeat."""
+        raise NotImplementedError
+
+    def classify(self, exc: Exception) -> HelpdeskError | None:
+        """What a request's exception means; None re-raises it (a bug: Dramatiq retries the message).
+
+        The default understands the engine's own errors and plain httpx errors.
+        """
+        return classify_http(exc)

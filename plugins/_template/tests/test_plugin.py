@@ -1,0 +1,206 @@
+"""The template tests itself, and a copy of the folder tests the copy.
+
+The helpdesk is a stand-in (``Desk``, behind ``httpx.MockTransport``) that keeps its tickets
+and every request, so each test reads what a helpdesk would really have seen. Replace it with
+your helpdesk's behaviour as you change ``helpdesk.py``; keep the delivery tests: they are the
+promises the engine makes your plugin, checked through your plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from opcore_hooks.app import create_app
+from opcore_hooks.cli import cli
+from opcore_hooks.plugins import load_plugins
+from opcore_hooks.testing import (
+    ADMIN_TOKEN,
+    WEBHOOK_SECRET,
+    approved,
+    claim_created,
+    drain,
+    plugin_beside,
+    wait_for,
+)
+
+plugin = plugin_beside(__file__)
+NAME = plugin.NAME
+TOKEN = "tok_test_0123456789"
+STORE = "store_123"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+class Desk:
+    """The helpdesk stand-in: tickets, idempotency keys, rate limits and lost answers on demand."""
+
+    def __init__(self) -> None:
+        self.tickets: dict[str, dict[str, Any]] = {}
+        self.keys: dict[str, str] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.rate_limit_next = 0  # answer this many requests 429, Retry-After: 1
+        self.lose_next_answer = False  # act on the next create, then drop the connection
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            body = json.loads(request.content) if request.content else None
+            self.requests.append({"method": request.method, "path": request.url.path, "body": body,
+                                  "time": time.time(), "query": dict(request.url.params)})
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                return httpx.Response(401, json={"error": "bad token"})
+            if self.rate_limit_next:
+                self.rate_limit_next -= 1
+                self.requests[-1]["limited"] = True
+                return httpx.Response(429, headers={"Retry-After": "1"})
+            return self.answer(request, body)
+
+    def answer(self, request: httpx.Request, body: Any) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST" and path == "/api/tickets":
+            key = request.headers["idempotency-key"]
+            if key not in self.keys:
+                self.keys[key] = ticket_id = f"T{len(self.tickets) + 1}"
+                self.tickets[ticket_id] = {**body["ticket"], "id": ticket_id, "status": "open"}
+            if self.lose_next_answer:
+                self.lose_next_answer = False
+                raise httpx.ReadTimeout("the answer was lost", request=request)
+            return httpx.Response(201, json={"id": self.keys[key]})
+        if request.method == "GET" and path == "/api/tickets":
+            wanted = request.url.params["external_id"]
+            return httpx.Response(200, json={"tickets": [t for t in self.tickets.values()
+                                                         if t["external_id"] == wanted]})
+        if request.method == "PUT" and path.startswith("/api/tickets/"):
+            self.tickets[path.rsplit("/", 1)[1]].update(body["ticket"])
+            return httpx.Response(200, json={})
+        if path == "/api/account":
+            return httpx.Response(200, json={"ok": True})
+        return httpx.Response(404, json={"error": "no such route"})
+
+    def sent(self, method: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == method and not r.get("limited")]
+
+
+@pytest.fixture
+def desk(make_host, run_worker):
+    """A host with this plugin, a store connected through the settings API, a worker running."""
+    host = make_host({NAME: plugin})
+    stand_in = Desk()
+    host.delivery(NAME).helpdesk.http = httpx.Client(transport=httpx.MockTransport(stand_in))
+    for actor in (host.delivery(NAME).create_actor, host.delivery(NAME).finish_actor):
+        actor.options.update(min_backoff=50, max_backoff=200)
+    client = TestClient(create_app(host))
+    answer = client.put(f"/internal/integrations/{NAME}/stores/{STORE}", json={"api_token": TOKEN}, headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    stand_in.requests.clear()  # the token check is not delivery
+    worker = run_worker(host)
+    yield host, worker, stand_in, client
+    client.close()
+
+
+def post(client: TestClient, *events: dict[str, Any]) -> None:
+    for event in events:
+        answer = client.post("/webhooks/orderprotection", json=event, headers={"x-webhook-secret": WEBHOOK_SECRET})
+        assert answer.status_code in (200, 202), answer.text
+
+
+def test_a_claim_opens_one_private_ticket(desk):
+    host, worker, stand_in, client = desk
+    event = claim_created()
+    post(client, event)
+    wait_for(lambda: stand_in.tickets)
+    drain(host, worker)
+    [ticket] = stand_in.tickets.values()
+    assert ticket["external_id"] == event["body"]["claim_id"] and ticket["comment"]["public"] is False
+    assert host.delivery(NAME).ticket_id(STORE, event["body"]["claim_id"]) == ticket["id"]
+
+
+def test_duplicate_events_and_redeliveries_make_one_ticket(desk):
+    host, worker, stand_in, client = desk
+    event = claim_created()
+    post(client, event, event, dict(event, id="another-event-for-the-same-claim"))
+    for _ in range(3):  # Dramatiq delivering the same message again
+        host.delivery(NAME).create_actor.send(STORE, event["body"])
+    wait_for(lambda: stand_in.tickets)
+    time.sleep(0.3)
+    drain(host, worker)
+    assert len(stand_in.tickets) == 1 and len(stand_in.sent("POST")) == 1
+
+
+def test_a_lost_answer_is_found_again_not_created_twice(desk):
+    host, worker, stand_in, client = desk
+    stand_in.lose_next_answer = True
+    event = claim_created()
+    post(client, event)
+    claim_id = event["body"]["claim_id"]
+    wait_for(lambda: host.delivery(NAME).ticket_id(STORE, claim_id), timeout=15)
+    drain(host, worker)
+    assert len(stand_in.tickets) == 1 and len(stand_in.sent("POST")) == 1
+    [lookup] = stand_in.sent("GET")
+    assert lookup["query"] == {"external_id": claim_id}
+    assert host.delivery(NAME).ticket_id(STORE, claim_id) == next(iter(stand_in.tickets))
+
+
+def test_a_rate_limit_is_waited_out(desk):
+    host, worker, stand_in, client = desk
+    stand_in.rate_limit_next = 1
+    post(client, claim_created())
+    wait_for(lambda: stand_in.tickets, timeout=15)
+    drain(host, worker)
+    limited, created = stand_in.requests[0], stand_in.sent("POST")
+    assert limited.get("limited") and len(created) == 1
+    assert created[0]["time"] >= limited["time"] + 1.0 - 0.05, "sent again before Retry-After passed"
+    assert host.delivery(NAME).stats()["rate_limited"] == 1
+
+
+def test_a_finish_that_arrives_before_the_create_goes_out_after_it(desk):
+    host, worker, stand_in, client = desk
+    event = claim_created()
+    post(client, approved(event["body"]["claim_id"]), event)
+    wait_for(lambda: stand_in.sent("PUT"), timeout=15)
+    drain(host, worker)
+    assert [r["method"] for r in stand_in.requests] == ["POST", "PUT"]
+    assert next(iter(stand_in.tickets.values()))["status"] == "pending"
+
+
+def test_a_store_without_this_helpdesk_gets_nothing(desk):
+    host, worker, stand_in, client = desk
+    post(client, claim_created(store_id="store_elsewhere"))
+    drain(host, worker)
+    assert stand_in.requests == []
+
+
+def test_settings_are_behind_the_admin_token_and_show_the_token_masked(desk):
+    host, worker, stand_in, client = desk
+    url = f"/internal/integrations/{NAME}/stores/{STORE}"
+    assert client.get(url).status_code == 401
+    shown = client.get(url, headers=ADMIN).json()
+    assert shown["api_token"] == "…" + TOKEN[-4:] and TOKEN not in json.dumps(shown)
+    refused = client.put(url, json={"api_token": "tok_wrong"}, headers=ADMIN)
+    assert refused.status_code == 422 and "rejected" in refused.json()["error"]
+    assert client.get(url, headers=ADMIN).json()["api_token"] == "…" + TOKEN[-4:], "a refused token is not saved"
+
+
+def test_its_settings_come_from_its_own_environment(make_host, monkeypatch):
+    monkeypatch.setenv(f"OPCORE_{NAME.upper()}_API_URL", "https://desk.test")
+    host = make_host({NAME: plugin})
+    assert host.plugin_settings(NAME).api_url == "https://desk.test"
+
+
+def test_every_hook_has_a_spec_and_its_command_joins_the_cli():
+    loaded = load_plugins({NAME: plugin})
+    assert set(loaded.hooks_of(NAME)) == {
+        "register_settings", "register_helpdesk", "register_routes", "register_commands",
+        "on_claim_created", "on_claim_status_changed", "widget_context",
+        "validate_credentials", "store_status", "rotate_secrets",
+    }
+    loaded.pm.hook.register_commands(cli=cli)
+    result = CliRunner().invoke(cli, ["stores", "set", NAME, "--help"])
+    assert result.exit_code == 0 and "--api-token" in result.output, result.output
