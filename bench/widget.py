@@ -32,7 +32,8 @@ from starlette.routing import Route
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import free_port, machine, uvicorn, wrk  # noqa: E402
 
-from opcore_hooks import Host, Routes, hookimpl  # noqa: E402
+from opcore_hooks import Host, Panel, hookimpl  # noqa: E402
+from opcore_hooks.panel import render  # noqa: E402
 from opcore_hooks.config import Settings  # noqa: E402
 from opcore_hooks.crypto import generate_master_key  # noqa: E402
 from opcore_hooks.events import parse_body  # noqa: E402
@@ -52,8 +53,8 @@ class WidgetOnly:
         return RichpanelSettings
 
     @hookimpl
-    def register_routes(self, host: Host) -> Routes:
-        return Routes(internal=widget.internal_routes(host), widget=widget.widget_routes(host))
+    def register_panel(self, host: Host) -> Panel:
+        return widget.panel(host)
 
     @hookimpl
     def widget_context(self, host: Host, store_id: str, context: Any) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def app() -> Starlette:
     from opcore_hooks.app import create_app
 
     if os.environ.get("BENCH_COLD"):
-        widget._Answers.get = lambda self, key, now: None  # every request is a first view
+        render.Answers.get = lambda self, key, now: None  # every request is a first view
     return create_app(Host(Settings(), plugins={"richpanel": WidgetOnly()}))
 
 
@@ -92,12 +93,12 @@ def main() -> None:
     host = Host(Settings(**{k.removeprefix("OPCORE_").lower(): v for k, v in env.items()}),
                 plugins={"richpanel": WidgetOnly()})
     seed(host)
-    widget.provision(host, STORE)
+    host.panel("richpanel").provision(STORE)
     document = widget.shape_context(host, STORE, host.readmodel.customer_context(STORE, EMAIL))
     assert len(document["claims"]) == 50 and len(host.readmodel.customer_context(STORE, EMAIL).orders) == 50
 
     def run(port: int, accept: str) -> dict[str, float]:
-        example = widget.signed_request_example(host, STORE, EMAIL, f"http://127.0.0.1:{port}")
+        example = host.panel("richpanel").signed_request_example(STORE, EMAIL, f"http://127.0.0.1:{port}")
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
             f.write(LUA % (example["headers"]["X-OP-Signature"], accept))
         wrk(example["url"], Path(f.name), seconds=2, connections=args.connections)  # warm-up

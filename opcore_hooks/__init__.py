@@ -28,6 +28,7 @@ from .events import (
 )
 from .hookspecs import hookimpl
 from .host import Host
+from .panel import Panel
 from .readmodel import CustomerContext
 from .routes import Routes
 from .status import CredentialsCheck
@@ -52,6 +53,7 @@ __all__ = [
     "Host",
     "Order",
     "OrderUpserted",
+    "Panel",
     "Routes",
     "hookimpl",
 ]

@@ -62,13 +62,14 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
     internal: list[Mount] = []
     widgets: list[Mount] = []
     for name in host.plugin_names:
-        routes: Routes | None = host.call_plugin(name, "register_routes", host=host)
-        if routes is None:
-            continue
-        if routes.internal:
-            internal.append(Mount(f"/integrations/{name}", routes=routes.internal))
-        if routes.widget:
-            widgets.append(Mount(f"/{name}", routes=routes.widget))
+        routes: Routes = host.call_plugin(name, "register_routes", host=host) or Routes()
+        panel = host.panel(name)
+        plugin_internal = routes.internal + (panel.internal_routes() if panel else [])
+        plugin_widget = (panel.widget_routes() if panel else []) + routes.widget
+        if plugin_internal:
+            internal.append(Mount(f"/integrations/{name}", routes=plugin_internal))
+        if plugin_widget:
+            widgets.append(Mount(f"/{name}", routes=plugin_widget))
 
     token = host.settings.admin_token.get_secret_value() if host.settings.admin_token else None
 

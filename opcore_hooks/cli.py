@@ -113,6 +113,8 @@ def stores_show(store_id: str) -> None:
         status = host.call_plugin(name, "store_status", host=host, store_id=store_id)
         if status is not None:
             found = True
+            if name in host.deliveries:  # work held while the store's credentials are rejected
+                status = {**status, "parked": host.delivery(name).parked_count(store_id)}
             click.echo(json.dumps({name: status}, indent=2, default=str))
     if not found:
         _fail(f"no helpdesk is configured for store {store_id!r}")
@@ -139,7 +141,7 @@ def keys_rotate() -> None:
         host.vault  # noqa: B018 - fail early with the configuration message
     except ConfigError as exc:
         _fail(str(exc))
-    total = sum(host.pm.hook.rotate_secrets(host=host))
+    total = host.rotate_secrets()
     click.echo(f"re-encrypted {total} secret(s) under the newest master key")
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .delivery import Helpdesk
     from .events import ClaimCreated, ClaimStatusChanged, Event
     from .host import Host
+    from .panel import Panel
     from .readmodel import CustomerContext
     from .routes import Routes
     from .status import CredentialsCheck
@@ -56,6 +57,16 @@ def register_helpdesk(host: Host) -> Helpdesk | None:
     pacing, parking, dead letters), reachable as ``host.delivery(<plugin>)``; the plugin's
     ``on_claim_created`` and ``on_claim_status_changed`` hand claims to it. Called once per
     host, after ``register_actors``.
+    """
+
+
+@hookspec
+def register_panel(host: Host) -> Panel | None:
+    """Return a :class:`opcore_hooks.panel.Panel` to give the plugin's helpdesk the widget panel.
+
+    The host then serves it at ``/widgets/<plugin>/{store_id}`` (signed per store), provisions
+    and rotates its secrets at ``/internal/integrations/<plugin>/stores/{store_id}/widget``,
+    and reseals them on ``opcore keys rotate``; ``widget_context`` shapes what it shows.
     """
 
 

@@ -2,7 +2,7 @@
 
 A plugin gets the host in every hook and uses only what is public here: ``settings``,
 ``redis``, ``broker``, ``actor()``, ``key()``, ``plugin_settings()``, ``vault``,
-``readmodel``, ``dead_letters``, ``delivery()``, ``claim_url()`` and ``call_plugin()``. Building two hosts in
+``readmodel``, ``dead_letters``, ``delivery()``, ``panel()``, ``claim_url()`` and ``call_plugin()``. Building two hosts in
 one process is fine (the tests do it all the time) because nothing here is global: each host
 has its own plugin manager, broker and actors.
 """
@@ -27,6 +27,7 @@ from .store import PinnedRedis, connect, pinned
 
 if TYPE_CHECKING:
     from .delivery import Delivery
+    from .panel import WidgetPanel
 
 log = logging.getLogger("opcore.host")
 
@@ -67,12 +68,18 @@ class Host:
         self.dispatcher = Dispatcher(self)
         self.pm.hook.register_actors(host=self)
         from .delivery import Delivery
+        from .panel import WidgetPanel
 
         self._deliveries: dict[str, Delivery] = {}
         for name in self.implementers("register_helpdesk"):
             helpdesk = self.call_plugin(name, "register_helpdesk", host=self)
             if helpdesk is not None:
                 self._deliveries[name] = Delivery(self, name, helpdesk)
+        self._panels: dict[str, WidgetPanel] = {}
+        for name in self.implementers("register_panel"):
+            panel = self.call_plugin(name, "register_panel", host=self)
+            if panel is not None:
+                self._panels[name] = WidgetPanel(self, name, panel)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Host:
@@ -94,6 +101,11 @@ class Host:
     def plugin_settings(self, name: str) -> BaseSettings | None:
         return self._plugin_settings.get(name)
 
+    @property
+    def deliveries(self) -> dict[str, Delivery]:
+        """Every plugin's delivery engine, by plugin name."""
+        return dict(self._deliveries)
+
     def delivery(self, name: str) -> Delivery:
         """The delivery engine of plugin ``name`` (built from its ``register_helpdesk``)."""
         try:
@@ -101,6 +113,10 @@ class Host:
         except KeyError:
             raise KeyError(f"plugin {name!r} registered no helpdesk; its register_helpdesk hook "
                            "must return a Helpdesk") from None
+
+    def panel(self, name: str) -> WidgetPanel | None:
+        """The widget panel of plugin ``name``, or None when it declares none (``register_panel``)."""
+        return self._panels.get(name)
 
     def implementers(self, hook: str) -> list[str]:
         """Names of the plugins that implement ``hook``, in registration order."""
@@ -146,6 +162,10 @@ class Host:
                 "with `opcore keys generate` and set it in the environment."
             )
         return Vault.from_setting(self.settings.master_key.get_secret_value())
+
+    def rotate_secrets(self) -> int:
+        """Reseal every secret under the newest master key: each plugin's, and each widget panel's."""
+        return sum(self.pm.hook.rotate_secrets(host=self)) + sum(p.rotate() for p in self._panels.values())
 
     def close(self) -> None:
         self.dispatcher.close()

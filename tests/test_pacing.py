@@ -83,3 +83,18 @@ def test_the_raw_key_is_not_in_redis(redis_client):
     keys = [k.decode() for k in redis_client.keys("*")]
     assert keys and all(KEY not in k for k in keys)
     assert any(fingerprint(KEY) in k for k in keys)
+
+
+def test_a_leaky_bucket_is_paced_without_overflowing(redis_client):
+    # Gorgias: a bucket of 40 requests leaking 2 a second. Paced as 40 per 40 / 2 = 20 s, a
+    # backlog's slots never overflow the bucket, and in the long run use the whole leak rate.
+    capacity, leak = 40, 2.0
+    p = pacer(redis_client, quota=capacity, window=capacity / leak)
+    now = time.time()
+    slots = [p.reserve(KEY, now=now).at for _ in range(400)]
+    level, last = 0.0, slots[0]
+    for at in slots:
+        level = max(0.0, level - leak * (at - last)) + 1
+        last = at
+        assert level <= capacity
+    assert (len(slots) - capacity) / (slots[-1] - slots[0]) > 0.9 * leak

@@ -3,7 +3,7 @@
 - ``stores``/``api``/``commands``: per-store settings, the internal settings API, the CLI;
 - ``helpdesk``/``tickets``/``client``: Richpanel's side of delivery (tickets and snoozes), which
   the host's delivery engine runs;
-- ``widget``: the in-widget panel and its provisioning;
+- ``widget``: what is Richpanel's in the host's widget panel;
 - ``sandbox``: a local stand-in for Richpanel's API.
 """
 
@@ -21,6 +21,7 @@ from opcore_hooks import (
     CustomerContext,
     Event,
     Host,
+    Panel,
     Routes,
     hookimpl,
 )
@@ -43,11 +44,13 @@ def register_helpdesk(host: Host) -> Richpanel:
 
 
 @hookimpl
+def register_panel(host: Host) -> Panel:
+    return widget.panel(host)
+
+
+@hookimpl
 def register_routes(host: Host) -> Routes:
-    return Routes(
-        internal=api.internal_routes(host) + widget.internal_routes(host),
-        widget=widget.widget_routes(host),
-    )
+    return Routes(internal=api.internal_routes(host))
 
 
 @hookimpl
@@ -83,4 +86,4 @@ def store_status(host: Host, store_id: str) -> dict[str, Any] | None:
 
 @hookimpl
 def rotate_secrets(host: Host) -> int:
-    return stores.rotate(host) + widget.rotate(host)
+    return stores.rotate(host)

@@ -96,8 +96,17 @@ def test_show_prints_the_masked_settings_through_the_hook(run):
     result = run("stores", "show", "store_123")
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)["richpanel"]
-    assert shown["api_key"] == "rp_…a1b2" and shown["credentials"] == "valid"
+    assert shown["api_key"] == "rp_…a1b2" and shown["credentials"] == "valid" and shown["parked"] == 0
     assert run("stores", "show", "unknown").exit_code == 2
+
+
+def test_show_counts_the_work_parked_on_a_rejected_key(run, host):
+    run("stores", "set", "richpanel", "store_123", "--api-key", KEY)
+    parking = host.delivery("richpanel").parking
+    for claim in ("claim-1", "claim-2"):
+        parking.park("store_123", "richpanel.finish_ticket", ["store_123", claim])
+    shown = json.loads(run("stores", "show", "store_123").stdout)["richpanel"]
+    assert shown["parked"] == 2
 
 
 def test_cli_and_http_share_one_validate_and_save_path(run, monkeypatch):
@@ -112,10 +121,9 @@ def test_keys_rotate_reseals_keys_and_widget_secrets_under_the_new_master_key(ru
     from pydantic import SecretStr
 
     from opcore_hooks.crypto import Vault
-    from plugins.richpanel import widget
 
     assert run("stores", "set", "richpanel", "store_a", "--api-key", KEY).exit_code == 0
-    widget.provision(host, "store_a")
+    host.panel("richpanel").provision("store_a")
     new = run("keys", "generate").output.strip()
     old = host.settings.master_key.get_secret_value()
     assert len(Vault.from_setting(new)._keys) == 1
@@ -127,4 +135,4 @@ def test_keys_rotate_reseals_keys_and_widget_secrets_under_the_new_master_key(ru
     host.settings = host.settings.model_copy(update={"master_key": SecretStr(new)})
     del host.__dict__["vault"]
     assert stores.load(host, "store_a").api_key.get_secret_value() == KEY
-    assert widget.active_secrets(host, "store_a", now=0)
+    assert host.panel("richpanel").active_secrets("store_a", now=0)

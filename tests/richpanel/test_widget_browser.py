@@ -35,7 +35,7 @@ from opcore_hooks import Host
 from opcore_hooks.app import create_app
 from opcore_hooks.signing import sign
 from opcore_hooks.testing import approved, claim_created, feed, state_changed
-from plugins.richpanel import plugin, widget
+from plugins.richpanel import plugin
 
 pytestmark = pytest.mark.browser
 
@@ -183,7 +183,7 @@ def served(settings):
          approved("cm1"),
          state_changed("cm2", "WAITING_FOR_BRAND", created_at="2026-11-25T10:00:00Z"),
          state_changed("cm3", "DENIED", created_at="2026-10-05T10:00:00Z"))
-    secret = widget.provision(host, STORE).signing_secret
+    secret = host.panel("richpanel").provision(STORE).signing_secret
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(signing(create_app(host), secret), log_level="warning", lifespan="off"))
