@@ -37,12 +37,16 @@ def used_memory(st) -> int:
     return int(st.redis.info("memory")["used_memory"])
 
 
+#: Key families named by their first part alone; the rest (``richpanel:claim``) by their first two.
+_HOST_FAMILIES = {"rm", "seen", "inflight", "dead", "dramatiq"}
+
+
 def key_kinds(st) -> Counter[str]:
-    """Keys by their first two parts after the namespace (``richpanel:claim``, ``rm:...``)."""
+    """Keys by family (``seen``, ``rm``, ``richpanel:claim``, ``richpanel:pace`` ...)."""
     kinds: Counter[str] = Counter()
     for raw in st.redis.scan_iter(match=f"{NAMESPACE}:*", count=5000):
         parts = raw.decode().split(":")
-        kinds[":".join(parts[1:3])] += 1
+        kinds[parts[1] if parts[1] in _HOST_FAMILIES else ":".join(parts[1:3])] += 1
     return kinds
 
 
@@ -79,12 +83,14 @@ def main() -> None:
             for s, store in enumerate(stores):
                 claims.append(f"c-{rid}-{s}-{j}")
                 events.append(claim_event(store, claims[-1], s * args.claims_per_store + j))
+        cpu_before = {p.name: p.cpu_seconds() for p in st.procs}
         sent = post_each(st, events, rate=args.rate or None, timeout=600)
         first_post = min(sent)
         deadline = time.monotonic() + 600
         done = st.wait_stat("tickets", n, deadline)
         if done < n:
             raise BenchError(f"only {done} of {n} tickets within 600 s")
+        cpu = {p.name: (p.cpu_seconds() - cpu_before[p.name]) / n * 1000 for p in st.procs}
         time.sleep(1.0)  # the last write-behind and acks
         delivered = used_memory(st)
         kinds = key_kinds(st)
@@ -102,6 +108,7 @@ def main() -> None:
     print(f"opcore: {n} tickets for {args.stores} stores in {last_ticket - first_post:.2f} s = "
           f"{n / (last_ticket - first_post):.0f} tickets/s (posting took {max(sent) - first_post:.2f} s)")
     print(f"event to ticket: {describe(latency)}")
+    print("CPU per ticket while the claims went through: " + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items()))
     print(f"Redis: {(delivered - connected) / n:.0f} bytes per claim delivered "
           f"(used_memory {before / 1e6:.1f} -> {connected / 1e6:.1f} -> {delivered / 1e6:.1f} MB)")
     print("keys by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
