@@ -2,10 +2,12 @@
 
 A plugin imports from here: ``hookimpl`` to mark its hook implementations, ``Host`` (what
 every hook receives), ``Routes`` to hand over its Starlette routes, the event models,
-``CredentialsCheck`` for its health, and the delivery engine's ``Helpdesk`` seam with its
-``Pacing``, ``Call`` and the errors a helpdesk's answers map to.
+``CredentialsCheck`` for its health, the delivery engine's ``Helpdesk`` seam with its
+``Pacing``, ``Call`` and the errors a helpdesk's answers map to, ``Panel`` for the widget, and
+``read_json``/``BodyError`` to read a bounded JSON body in its own routes.
 """
 
+from .bodies import BodyError, read_json
 from .delivery import (
     Call,
     CredentialsRejected,
@@ -34,6 +36,7 @@ from .routes import Routes
 from .status import CredentialsCheck
 
 __all__ = [
+    "BodyError",
     "Call",
     "CredentialsRejected",
     "Helpdesk",
@@ -56,4 +59,5 @@ __all__ = [
     "Panel",
     "Routes",
     "hookimpl",
+    "read_json",
 ]

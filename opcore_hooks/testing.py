@@ -186,7 +186,8 @@ def plugin_beside(test_file: str, module: str = "plugin") -> ModuleType:
     ``sys.path`` if needed.
     """
     folder = Path(test_file).resolve().parent
-    while not (folder / "__init__.py").exists() or folder.name == "tests":
+    folder = next((p.parent for p in (folder, *folder.parents) if p.name == "tests"), folder)
+    while not (folder / "__init__.py").exists():
         if folder.parent == folder:
             raise LookupError(f"{test_file} is not inside a plugin package (a folder with __init__.py)")
         folder = folder.parent

@@ -65,6 +65,14 @@ def test_a_higher_advertised_limit_counts_only_where_the_server_sets_the_quota(r
     assert sum(follows.reserve(KEY, now=now).at < now + 60 for _ in range(7)) == 5
 
 
+def test_a_quota_lowered_by_the_operator_wins_over_a_higher_limit_the_server_advertised(redis_client):
+    now = time.time()
+    pacer(redis_client, quota=50, window=60.0).observe(KEY, limit=40, remaining=40, now=now)
+    lowered = pacer(redis_client, quota=30, window=60.0)  # OPCORE_RICHPANEL_QUOTA lowered meanwhile
+    assert lowered.quota_for(KEY) == 30
+    assert sum(lowered.reserve(KEY, now=now).at < now + 60 for _ in range(40)) == 30
+
+
 def test_requests_we_did_not_send_slow_us_down(redis_client):
     p = pacer(redis_client, quota=10)
     now = time.time()

@@ -53,3 +53,13 @@ def test_embedded_serve_accepts_events_and_runs_its_own_workers():
     # A graceful stop: the in-process workers shut down, then uvicorn re-raises SIGTERM.
     assert "Worker has been shut down" in output
     assert proc.returncode in (0, -15), output
+
+
+def test_the_demo_runs_the_whole_flow_and_prints_a_widget_request_that_works():
+    """`opcore demo` as the README's first step: exit 0 only when every claim has one ticket."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPCORE_")}
+    result = subprocess.run([sys.executable, "runner.py", "demo", "--claims", "12", "--window", "2"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=110)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: 12 claims, one ticket each" in result.stdout
+    assert "curl -H 'X-OP-Signature: t=" in result.stdout

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from opcore_hooks.testing import plugin_beside
+
 TEMPLATE = Path(__file__).resolve().parents[1] / "plugins" / "_template"
 
 
@@ -34,6 +36,17 @@ def test_a_copied_template_tests_itself_and_passes(acme: Path):
     result = run_tests(acme)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed" in result.stdout
+
+
+def test_a_copy_takes_its_name_from_its_folder(acme: Path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # plugin_beside puts the copy's parent on it
+    copy = plugin_beside(str(acme / "tests" / "test_plugin.py"))
+    try:
+        assert copy.__name__ == "acme.plugin" and copy.NAME == "acme"
+        assert copy.Settings.model_config["env_prefix"] == "OPCORE_ACME_"
+    finally:
+        for name in [n for n in sys.modules if n == "acme" or n.startswith("acme.")]:
+            del sys.modules[name]
 
 
 def test_a_copy_whose_claim_hook_is_broken_fails_its_tests(acme: Path):

@@ -321,7 +321,7 @@ class Delivery:
             self.park(job)
             return
         except Refused as exc:
-            self.dead(job, f"{helpdesk.title} refused the finishing call: {exc}")
+            self.dead(job, f"{helpdesk.title} refused the {helpdesk.finish_name}: {exc}")
             return
         except HelpdeskError as exc:
             self.transient(job, exc)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ClassVar, Generic, TypeVar
 
 import httpx
@@ -81,20 +81,22 @@ def retry_after_seconds(value: str | None, default: float = 1.0, now: float | No
 def classify_http(exc: Exception) -> HelpdeskError | None:
     """What plain httpx errors mean (``response.raise_for_status()`` and transport failures).
 
-    429 is a rate limit, 401/403 rejected credentials, another 4xx a refusal, a 5xx or any
-    transport failure transient. Anything else is not a helpdesk answer: None.
+    429 is a rate limit, 401 rejected credentials, another 4xx (403 included: a permission on
+    one resource, not the credentials) a refusal, a 5xx or any transport failure transient.
+    Anything else is not a helpdesk answer: None. The messages name the method and status only:
+    a path or an answer's body may carry a customer's email or echo a credential.
     """
     if isinstance(exc, HelpdeskError):
         return exc
     if isinstance(exc, httpx.HTTPStatusError):
         response, status = exc.response, exc.response.status_code
-        said = f"{exc.request.method} {exc.request.url.path} answered {status}"
+        said = f"{exc.request.method} answered {status}"
         if status == 429:
             return RateLimited(said, retry_after_seconds(response.headers.get("retry-after")))
-        if status in (401, 403):
+        if status == 401:
             return CredentialsRejected(said)
         if 400 <= status < 500:
-            return Refused(f"{said}: {response.text[:200]}")
+            return Refused(said)
         return Transient(said)
     if isinstance(exc, httpx.TransportError):
         return Transient(f"{type(exc).__name__}: no answer")
@@ -130,9 +132,9 @@ class Call(Generic[S]):
     said of its quota, so every worker's pacing follows it.
     """
 
-    store: S
-    scope: str
-    observe: Callable[[int | None, int | None], None]
+    store: S = field(repr=False)
+    scope: str = field(repr=False)  # may be an API key
+    observe: Callable[[int | None, int | None], None] = field(repr=False)
 
 
 # -- the adapter ---------------------------------------------------------------------------------
@@ -142,8 +144,9 @@ class Helpdesk(Generic[S]):
 
     #: The helpdesk's name as people read it, in logs and dead-letter reasons.
     title: ClassVar[str] = "the helpdesk"
-    #: Claim states whose ticket gets ``finish_ticket``.
+    #: Claim states whose ticket gets ``finish_ticket``, and what that call is called (dead letters say it).
     finish_states: ClassVar[frozenset[str]] = FINISH_STATES
+    finish_name: ClassVar[str] = "finishing call"
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -186,7 +189,11 @@ class Helpdesk(Generic[S]):
         raise NotImplementedError
 
     def credentials_rejected(self, store: S, reason: str) -> None:
-        """Record in the store's health that its credentials were refused (a 401)."""
+        """Record in the store's health that its credentials were refused (a 401), so that
+        ``usable`` says False until valid ones are saved: the engine parks the work meanwhile.
+        Record it only if ``store``'s credentials are still the stored ones (an admin may have
+        saved new ones while this request was out)."""
+        raise NotImplementedError
 
     # -- the requests ------------------------------------------------------------------------
     def create_ticket(self, call: Call[S], claim: ClaimCreated) -> str:

@@ -36,13 +36,14 @@ EPSILON = 0.05
 
 # KEYS: store hash, claim hash, claim lock, slots, blocked, limit, sent.
 # ARGV: store snapshot, kind, now, window, quota, member, reserve margin, admit margin, lock token,
-#       lock ms, slot ('' when none was reserved yet), epsilon, then the snapshot's field names.
+#       lock ms, slot ('' when none was reserved yet), epsilon, follow ('1': an advertised limit may raise
+#       the quota), then the snapshot's field names.
 # The snapshot is the fields' values in the order Python names them (no sorting in Lua, whose
 # string order follows Redis's locale). A rerun of the same call (redis-py retries one whose
 # answer was lost) finds its own lock token and goes on, instead of waiting out its own lock.
 _BEGIN = PACING_LUA + """
 local names = {}
-for i = 13, #ARGV do names[#names + 1] = ARGV[i] end
+for i = 14, #ARGV do names[#names + 1] = ARGV[i] end
 local stale = redis.call('HLEN', KEYS[1]) ~= #names
 if not stale and #names > 0 then
   local values = redis.call('HMGET', KEYS[1], unpack(names))
@@ -63,9 +64,10 @@ if holder == ARGV[9] then return {'go', ticket, finish, pending} end
 if holder then return {'busy'} end
 local now, window, quota = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local slot = tonumber(ARGV[11])
-if not slot then slot = reserve(KEYS[4], KEYS[5], KEYS[6], now, window, quota, ARGV[6], tonumber(ARGV[7])) end
+local follow = ARGV[13] == '1'
+if not slot then slot = reserve(KEYS[4], KEYS[5], KEYS[6], now, window, quota, follow, ARGV[6], tonumber(ARGV[7])) end
 if slot - now > tonumber(ARGV[12]) then return {'wait', string.format('%.6f', slot)} end
-local retry = admit(KEYS[7], KEYS[5], KEYS[6], now, window + tonumber(ARGV[8]), quota, ARGV[6])
+local retry = admit(KEYS[7], KEYS[5], KEYS[6], now, window + tonumber(ARGV[8]), quota, follow, ARGV[6])
 if retry then return {'wait', string.format('%.6f', retry)} end
 redis.call('SET', KEYS[3], ARGV[9], 'PX', ARGV[10])
 if ARGV[2] == 'create' and pending ~= '1' then redis.call('HSET', KEYS[2], 'pending', '1') end
@@ -161,7 +163,7 @@ class Ledger:
                   *pacer.keys(scope)],
             args=[store_snapshot.joined, kind, repr(now), repr(pacer.window), pacer.quota, member,
                   repr(pacer.margin), repr(pacer.ADMIT_MARGIN), token, self.lock_ms, "" if slot is None else repr(slot),
-                  EPSILON, *store_snapshot.names],
+                  EPSILON, pacer.follow, *store_snapshot.names],
         )
         outcome = reply[0].decode()
         if outcome == "stale":

@@ -39,14 +39,14 @@ import redis
 # latency), and booking the next window from the slot rather than the send lets the next
 # window start early and meet a 429. Returns nil (the send is recorded) or the time to retry.
 LUA = """
-local function quota_of(limit_key, quota)
+local function quota_of(limit_key, quota, follow)
   local advertised = tonumber(redis.call('GET', limit_key) or '0')
-  if advertised > 0 then return advertised end
+  if advertised > 0 and (follow or advertised < quota) then return advertised end
   return quota
 end
 
-local function reserve(slots, blocked_key, limit_key, now, window, quota, member, margin)
-  quota = quota_of(limit_key, quota)
+local function reserve(slots, blocked_key, limit_key, now, window, quota, follow, member, margin)
+  quota = quota_of(limit_key, quota, follow)
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now - window)
   local slot = now
   local n = redis.call('ZCARD', slots)
@@ -64,8 +64,8 @@ local function reserve(slots, blocked_key, limit_key, now, window, quota, member
   return slot
 end
 
-local function admit(sent, blocked_key, limit_key, now, span, quota, member)
-  quota = quota_of(limit_key, quota)
+local function admit(sent, blocked_key, limit_key, now, span, quota, follow, member)
+  quota = quota_of(limit_key, quota, follow)
   local blocked = tonumber(redis.call('GET', blocked_key) or '0')
   if blocked > now then return blocked end
   redis.call('ZREMRANGEBYSCORE', sent, '-inf', now - span)
@@ -81,10 +81,10 @@ end
 """
 
 # KEYS: reservations zset, blocked-until key, advertised-limit key.
-# ARGV: now, window, quota, member, margin.
+# ARGV: now, window, quota, member, margin, follow ('1': an advertised limit may raise the quota).
 _RESERVE = LUA + """
 local slot = reserve(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-                     ARGV[4], tonumber(ARGV[5]))
+                     ARGV[6] == '1', ARGV[4], tonumber(ARGV[5]))
 return string.format('%.6f', slot)
 """
 
@@ -100,10 +100,10 @@ return 0
 """
 
 # KEYS: sent zset (requests actually sent), blocked-until key, advertised-limit key.
-# ARGV: now, window, quota, member, margin. Returns 'go' (the send is recorded) or the time to retry.
+# ARGV: now, window, quota, member, margin, follow. Returns 'go' (the send is recorded) or the time to retry.
 _ADMIT = LUA + """
 local retry = admit(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]) + tonumber(ARGV[5]),
-                    tonumber(ARGV[3]), ARGV[4])
+                    tonumber(ARGV[3]), ARGV[6] == '1', ARGV[4])
 if retry then return string.format('%.6f', retry) end
 return 'go'
 """
@@ -131,6 +131,7 @@ class Pacer:
         self.window = window
         #: An advertised limit higher than ``quota`` raises it too (else only a lower one counts).
         self.follow_server_limit = follow_server_limit
+        self.follow = "1" if follow_server_limit else ""
         #: Headroom added to the window: a request runs a little after its slot, never before.
         self.margin = min(1.0, 0.02 * window + 0.05)
         self._reserve = client.register_script(_RESERVE)
@@ -159,7 +160,7 @@ class Pacer:
         _, blocked, limit = self._keys(scope)
         member = uuid.uuid4().hex
         answer = self._admit(keys=[self._sent(scope), blocked, limit],
-                             args=[repr(now), repr(self.window), self.quota, member, repr(self.ADMIT_MARGIN)])
+                             args=[repr(now), repr(self.window), self.quota, member, repr(self.ADMIT_MARGIN), self.follow])
         return (member, None) if answer == b"go" else (None, float(answer))
 
     def answered(self, scope: str, member: str, at: float | None = None) -> None:
@@ -170,7 +171,8 @@ class Pacer:
         """Book the earliest request slot for ``scope``; the caller sends at ``slot.at``."""
         now = time.time() if now is None else now
         at = self._reserve(keys=list(self._keys(scope)),
-                           args=[repr(now), repr(self.window), self.quota, uuid.uuid4().hex, repr(self.margin)])
+                           args=[repr(now), repr(self.window), self.quota, uuid.uuid4().hex, repr(self.margin),
+                                 self.follow])
         return Slot(float(at))
 
     def block(self, scope: str, seconds: float, now: float | None = None) -> float:
@@ -185,8 +187,9 @@ class Pacer:
 
     def quota_for(self, scope: str) -> int:
         """The configured quota, or the server's advertised limit where ``observe`` kept one."""
-        advertised = self.redis.get(self._keys(scope)[2])
-        return int(advertised) if advertised else self.quota
+        raw = self.redis.get(self._keys(scope)[2])
+        advertised = int(raw) if raw else 0
+        return advertised if advertised > 0 and (self.follow_server_limit or advertised < self.quota) else self.quota
 
     def observe(self, scope: str, limit: int | None, remaining: int | None, now: float | None = None) -> int:
         """Follow what the server advertises: its limit, and requests we did not send.

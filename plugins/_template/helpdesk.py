@@ -55,7 +55,7 @@ class TemplateDesk(Helpdesk[StoreSettings]):
         return store.api_token.get_secret_value()
 
     def credentials_rejected(self, store: StoreSettings, reason: str) -> None:
-        mark_invalid(self.host, self.name, store.store_id, reason)
+        mark_invalid(self.host, self.name, store.store_id, reason, token=self.pacing_scope(store))
 
     # -- the requests --------------------------------------------------------------------------
     def create_ticket(self, call: Call[StoreSettings], claim: ClaimCreated) -> str:

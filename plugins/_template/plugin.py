@@ -13,11 +13,13 @@ from typing import Any
 import click
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from opcore_hooks import (
+    BodyError,
     ClaimCreated,
     ClaimStatusChanged,
     CredentialsCheck,
@@ -26,15 +28,18 @@ from opcore_hooks import (
     Event,
     HelpdeskError,
     Host,
+    Panel,
     RateLimited,
     Routes,
     hookimpl,
+    read_json,
 )
 
 from . import stores
 from .helpdesk import TemplateDesk
 
-#: The plugin's name: its entry-point name, actor prefix, queue, Redis keys and URL segment.
+#: The plugin's name, from its folder (``_template`` gives ``template``): its actor prefix, queue,
+#: Redis keys, URL segment and environment prefix. Its entry point must have the same name.
 NAME = __name__.split(".")[-2].lstrip("_")
 
 
@@ -45,6 +50,8 @@ class Settings(BaseSettings):
     api_url: str = "https://helpdesk.example.com"
     quota: int = Field(default=100, ge=1)
     window_seconds: float = Field(default=60.0, gt=0)
+    #: Who may frame the widget panel (CSP frame-ancestors): the helpdesk's own domains.
+    frame_ancestors: str = "https://*.helpdesk.example.com"
 
 
 @hookimpl
@@ -54,7 +61,17 @@ def register_settings() -> type[BaseSettings]:
 
 @hookimpl
 def register_helpdesk(host: Host) -> TemplateDesk:
+    if NAME not in host.plugin_names:
+        raise RuntimeError(f"this plugin's folder names it {NAME!r}, but it was loaded under another name: "
+                           f"name its entry point {NAME!r} in pyproject.toml")
     return TemplateDesk(host, NAME)
+
+
+@hookimpl
+def register_panel(host: Host) -> Panel:
+    """The widget panel beside a ticket: the host serves, signs and provisions it."""
+    return Panel(frame_ancestors=host.plugin_settings(NAME).frame_ancestors,
+                 setting=f"OPCORE_{NAME.upper()}_FRAME_ANCESTORS")
 
 
 @hookimpl
@@ -103,20 +120,25 @@ def configure(host: Host, store_id: str, update: stores.SettingsUpdate) -> store
 
 @hookimpl
 def register_routes(host: Host) -> Routes:
+    """The settings API, under ``/internal/integrations/<NAME>`` behind the admin token."""
+
     async def put(request: Request) -> Response:
-        store_id = request.path_params["store_id"]
         try:
-            update = stores.SettingsUpdate.model_validate_json(await request.body())
-            return JSONResponse(stores.view(configure(host, store_id, update)))
+            update = stores.SettingsUpdate.model_validate(await read_json(request, 16 * 1024))
+            # The check calls the helpdesk: blocking work goes to a thread, never on the loop.
+            saved = await run_in_threadpool(configure, host, request.path_params["store_id"], update)
+        except BodyError as exc:
+            return JSONResponse({"error": exc.message}, exc.status)
         except ValidationError as exc:
             fields = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
                       for e in exc.errors(include_input=False, include_url=False)]
             return JSONResponse({"error": "invalid settings", "details": fields}, 422)
         except SettingsRefused as exc:
             return JSONResponse({"error": exc.message}, exc.status)
+        return JSONResponse(stores.view(saved))
 
     async def get(request: Request) -> Response:
-        found = stores.read(host, NAME, request.path_params["store_id"])
+        found = await run_in_threadpool(stores.read, host, NAME, request.path_params["store_id"])
         return JSONResponse(stores.view(found)) if found else JSONResponse({"error": "not configured"}, 404)
 
     return Routes(internal=[Route("/stores/{store_id}", put, methods=["PUT"]),
@@ -151,13 +173,17 @@ def validate_credentials(host: Host, store_id: str) -> CredentialsCheck | None:
     found = stores.read(host, NAME, store_id)
     if found is None or found.api_token is None:
         return None
+    token = found.api_token.get_secret_value()
     try:
-        _check(host, found.api_token.get_secret_value())
+        _check(host, token)
     except SettingsRefused as exc:
         if exc.rejected:
-            stores.mark_invalid(host, NAME, store_id, exc.message)
+            stores.mark_invalid(host, NAME, store_id, exc.message, token=token)
             return CredentialsCheck(state="invalid", error=exc.message)
-        return CredentialsCheck(state=found.credentials, error=exc.message)
+        return CredentialsCheck(state=found.credentials, error=exc.message)  # the check itself failed
+    stores.mark_valid(host, NAME, store_id)
+    if found.enabled:
+        host.delivery(NAME).release_parked(store_id)
     return CredentialsCheck(state="valid")
 
 

@@ -86,10 +86,19 @@ def rotate(host: Host, plugin: str) -> int:
     return count
 
 
-def mark_invalid(host: Host, plugin: str, store_id: str, reason: str) -> None:
+def mark_invalid(host: Host, plugin: str, store_id: str, reason: str, *, token: str) -> None:
+    """Record that ``token`` was refused, unless the store holds another token by now."""
+    current = read(host, plugin, store_id)
+    if current is not None and current.api_token is not None and current.api_token.get_secret_value() == token:
+        host.redis.hset(settings_key(host, plugin, store_id), mapping={"credentials": "invalid", "last_error": reason})
+
+
+def mark_valid(host: Host, plugin: str, store_id: str) -> None:
     key = settings_key(host, plugin, store_id)
-    if host.redis.exists(key):
-        host.redis.hset(key, mapping={"credentials": "invalid", "last_error": reason})
+    with host.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, "credentials", "valid")
+        pipe.hdel(key, "last_error")
+        pipe.execute()
 
 
 def view(settings: StoreSettings) -> dict[str, Any]:

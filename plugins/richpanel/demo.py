@@ -150,9 +150,9 @@ def run(count: int = 36, quota: int = 20, window: float = 5.0, keep_serving: boo
                     break
                 time.sleep(0.1)
         ok = _report(console, host, sandbox, api_key, p, time.monotonic() - started)
-        from .widget import signed_request_example
-
-        example = signed_request_example(host, STORE, CUSTOMERS[0][0], web.url)
+        panel = host.panel("richpanel")
+        assert panel is not None
+        example = panel.signed_request_example(STORE, CUSTOMERS[0][0], web.url)
         header = "; ".join(f"{k}: {v}" for k, v in example["headers"].items())
         console.print(f"\nWidget for {CUSTOMERS[0][0]} (signature valid until {example['valid_until']}):")
         console.print(f"  curl -H '{header}' '{example['url']}'", soft_wrap=True)

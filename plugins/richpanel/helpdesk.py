@@ -34,6 +34,7 @@ T = TypeVar("T")
 
 class Richpanel(Helpdesk[StoreConfig]):
     title = "Richpanel"
+    finish_name = "snooze"
 
     def __init__(self, host: Host) -> None:
         super().__init__(host)

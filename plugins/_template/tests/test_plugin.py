@@ -47,6 +47,7 @@ class Desk:
         self.requests: list[dict[str, Any]] = []
         self.rate_limit_next = 0  # answer this many requests 429, Retry-After: 1
         self.lose_next_answer = False  # act on the next create, then drop the connection
+        self.tokens = {TOKEN}  # the tokens it accepts
         self.lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -54,13 +55,15 @@ class Desk:
             body = json.loads(request.content) if request.content else None
             self.requests.append({"method": request.method, "path": request.url.path, "body": body,
                                   "time": time.time(), "query": dict(request.url.params)})
-            if request.headers.get("authorization") != f"Bearer {TOKEN}":
-                return httpx.Response(401, json={"error": "bad token"})
-            if self.rate_limit_next:
+            if request.headers.get("authorization", "").removeprefix("Bearer ") not in self.tokens:
+                answer = httpx.Response(401, json={"error": "bad token"})
+            elif self.rate_limit_next:
                 self.rate_limit_next -= 1
-                self.requests[-1]["limited"] = True
-                return httpx.Response(429, headers={"Retry-After": "1"})
-            return self.answer(request, body)
+                answer = httpx.Response(429, headers={"Retry-After": "1"})
+            else:
+                answer = self.answer(request, body)
+            self.requests[-1]["status"] = answer.status_code
+            return answer
 
     def answer(self, request: httpx.Request, body: Any) -> httpx.Response:
         path = request.url.path
@@ -85,7 +88,8 @@ class Desk:
         return httpx.Response(404, json={"error": "no such route"})
 
     def sent(self, method: str) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["method"] == method and not r.get("limited")]
+        """The requests of ``method`` the helpdesk acted on (a lost answer's included)."""
+        return [r for r in self.requests if r["method"] == method and r.get("status", 200) < 300]
 
 
 @pytest.fixture
@@ -155,7 +159,7 @@ def test_a_rate_limit_is_waited_out(desk):
     wait_for(lambda: stand_in.tickets, timeout=15)
     drain(host, worker)
     limited, created = stand_in.requests[0], stand_in.sent("POST")
-    assert limited.get("limited") and len(created) == 1
+    assert limited["status"] == 429 and len(created) == 1
     assert created[0]["time"] >= limited["time"] + 1.0 - 0.05, "sent again before Retry-After passed"
     assert host.delivery(NAME).stats()["rate_limited"] == 1
 
@@ -168,6 +172,35 @@ def test_a_finish_that_arrives_before_the_create_goes_out_after_it(desk):
     drain(host, worker)
     assert [r["method"] for r in stand_in.requests] == ["POST", "PUT"]
     assert next(iter(stand_in.tickets.values()))["status"] == "pending"
+
+
+def test_a_rejected_token_parks_the_work_until_a_valid_one_is_saved(desk):
+    host, worker, stand_in, client = desk
+    stand_in.tokens = {"tok_new_9876543210"}  # the helpdesk revoked the stored token
+    post(client, claim_created(claim_id="claim-1"), claim_created(claim_id="claim-2"))
+    wait_for(lambda: host.delivery(NAME).parked_count(STORE) == 2, timeout=15)
+    url = f"/internal/integrations/{NAME}/stores/{STORE}"
+    assert client.get(url, headers=ADMIN).json()["credentials"] == "invalid"
+    assert stand_in.tickets == {}
+    answer = client.put(url, json={"api_token": "tok_new_9876543210"}, headers=ADMIN)
+    assert answer.status_code == 200 and answer.json()["credentials"] == "valid"
+    wait_for(lambda: len(stand_in.tickets) == 2, timeout=15)
+    drain(host, worker)
+    assert host.delivery(NAME).parked_count(STORE) == 0 and len(stand_in.sent("POST")) == 2
+
+
+def test_the_widget_panel_answers_signed_requests_only(desk):
+    host, worker, stand_in, client = desk
+    event = claim_created()
+    post(client, event)
+    wait_for(lambda: stand_in.tickets)
+    provisioned = client.post(f"/internal/integrations/{NAME}/stores/{STORE}/widget", headers=ADMIN)
+    assert provisioned.status_code == 200
+    assert client.get(f"/widgets/{NAME}/{STORE}?email=ana@example.com").status_code == 401
+    signed = host.panel(NAME).signed_request_example(STORE, "ana@example.com", "http://testserver")
+    panel = client.get(signed["url"], headers={**signed["headers"], "Accept": "application/json"})
+    assert panel.status_code == 200
+    assert [c["claim_id"] for c in panel.json()["claims"]] == [event["body"]["claim_id"]]
 
 
 def test_a_store_without_this_helpdesk_gets_nothing(desk):
@@ -197,7 +230,7 @@ def test_its_settings_come_from_its_own_environment(make_host, monkeypatch):
 def test_every_hook_has_a_spec_and_its_command_joins_the_cli():
     loaded = load_plugins({NAME: plugin})
     assert set(loaded.hooks_of(NAME)) == {
-        "register_settings", "register_helpdesk", "register_routes", "register_commands",
+        "register_settings", "register_helpdesk", "register_panel", "register_routes", "register_commands",
         "on_claim_created", "on_claim_status_changed", "widget_context",
         "validate_credentials", "store_status", "rotate_secrets",
     }
