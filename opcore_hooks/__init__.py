@@ -17,6 +17,7 @@ from .delivery import (
     RateLimited,
     Refused,
     Transient,
+    classify_http,
 )
 from .events import (
     ClaimCreated,
@@ -58,6 +59,7 @@ __all__ = [
     "OrderUpserted",
     "Panel",
     "Routes",
+    "classify_http",
     "hookimpl",
     "read_json",
 ]

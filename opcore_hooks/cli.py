@@ -103,6 +103,18 @@ def stores_set() -> None:
     """Configure a helpdesk for a store: `opcore stores set <plugin> STORE ...`."""
 
 
+def add_store_commands(root: click.Group, setter: click.Command, *others: click.Command) -> None:
+    """For a plugin's ``register_commands``: its ``opcore stores set <plugin>`` command, and any
+    others under ``opcore stores`` (``teams``, ``groups``)."""
+    group = root.commands["stores"]
+    assert isinstance(group, click.Group)
+    set_group = group.commands["set"]
+    assert isinstance(set_group, click.Group)
+    set_group.add_command(setter)
+    for command in others:
+        group.add_command(command)
+
+
 @stores.command("show")
 @click.argument("store_id")
 def stores_show(store_id: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import click
 
 from opcore_hooks import Host
+from opcore_hooks.cli import add_store_commands
 from opcore_hooks.config import ConfigError
 from opcore_hooks.crypto import DecryptionError
 
@@ -119,9 +120,4 @@ def sandbox_command(port: int, bind: str, quota: int, window: float, limit_statu
 def register(cli: click.Group) -> None:
     """Add the commands to the host's ``stores set`` and ``stores`` groups, and the sandbox."""
     cli.add_command(sandbox_command)
-    group = cli.commands["stores"]
-    assert isinstance(group, click.Group)
-    setter = group.commands["set"]
-    assert isinstance(setter, click.Group)
-    setter.add_command(set_richpanel)
-    group.add_command(teams)
+    add_store_commands(cli, set_richpanel, teams)

@@ -10,7 +10,6 @@ no authentication: bind it to localhost only.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import random
 import re
@@ -24,7 +23,6 @@ from email.utils import formatdate
 from typing import Any, Callable, Literal
 
 import anyio
-import httpx
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 from starlette.applications import Starlette
@@ -33,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opcore_hooks.serving import ThreadedServer
+from opcore_hooks.serving import DroppedResponse, ThreadedServer, hide_drops
 
 from .client import KEY_HEADER, mask_key
 
@@ -54,15 +52,6 @@ class SandboxConfig(BaseModel):
     rate_limit_rate: float = Field(0.0, ge=0, le=1)
     drop_rate: float = Field(0.0, ge=0, le=1)
     seed: int | None = None
-
-
-class DroppedConnection(httpx.RemoteProtocolError):
-    """Raised after a request was processed to lose its answer.
-
-    Under uvicorn the status line is already written when this is raised, so the server closes
-    the socket mid-answer and the client gets no complete response. It subclasses httpx's error
-    so in-process tests through starlette's TestClient see the same failure a real socket gives.
-    """
 
 
 def _now() -> str:
@@ -287,15 +276,6 @@ class SandboxState:
 Handler = Callable[[Account, dict[str, str], Any], dict[str, Any]]
 
 
-class _DropResponse(JSONResponse):
-    """Starts the answer, then fails: uvicorn closes the socket before any body is sent."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": self.raw_headers})
-        raise DroppedConnection("sandbox dropped the connection after processing the request")
-
-
 def _api(handler: Handler) -> Callable[[Request], Any]:
     """Auth, quota and injected faults around a handler, in the order a client would meet them."""
     async def endpoint(request: Request) -> Response:
@@ -336,7 +316,7 @@ def _api(handler: Handler) -> Callable[[Request], Any]:
             status, answer = exc.status_code, {"error": exc.detail}
         with state.lock:
             state._record(request, None if drop else status, key, body)
-        return (_DropResponse if drop else JSONResponse)(answer, status, headers)
+        return (DroppedResponse if drop else JSONResponse)(answer, status, headers)
     return endpoint
 
 
@@ -425,19 +405,6 @@ def _not_found(*_: Any) -> dict[str, Any]:
 
 # -- running it --------------------------------------------------------------------------------
 
-class _HideDrops(logging.Filter):
-    """A deliberate drop is not a server bug: keep uvicorn from logging its traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], DroppedConnection))
-
-
-def _hide_drops() -> None:
-    logger = logging.getLogger("uvicorn.error")  # after uvicorn's Config, which may reconfigure logging
-    if not any(isinstance(f, _HideDrops) for f in logger.filters):
-        logger.addFilter(_HideDrops())
-
-
 class SandboxServer(ThreadedServer):
     """A sandbox on a real socket in a background thread, for tests that need real transport."""
 
@@ -453,7 +420,7 @@ def run_in_thread(config: SandboxConfig | None = None, host: str = "127.0.0.1",
                   port: int = 0) -> SandboxServer:
     """Returns once the socket listens; port 0 picks a free one (see `.url`)."""
     server = SandboxServer(create_sandbox(config), host=host, port=port, lifespan="off", name="richpanel-sandbox")
-    _hide_drops()
+    hide_drops()
     return server
 
 
@@ -463,5 +430,5 @@ def main(port: int, host: str = "127.0.0.1", accounts: list[str] | None = None, 
     for key in accounts or []:
         app.state.sandbox.add_account(key)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="off"))
-    _hide_drops()
+    hide_drops()
     server.run()

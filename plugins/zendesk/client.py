@@ -1,0 +1,85 @@
+"""A small Zendesk Support API client: the four calls opcore makes, over a shared connection pool.
+
+Authentication is HTTP Basic ``{agent email}/token:{api token}``. Failures are left as httpx
+raises them (``raise_for_status``, transport errors); the adapter says what each one means. The
+rate-limit headers of every answer go to ``observe``, failures included.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+#: A Zendesk subdomain: it becomes part of a host name, so nothing else is let through.
+SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_GROUP_PAGES = 10
+
+
+class Group(BaseModel):
+    id: int
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    limit: int | None
+    remaining: int | None
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> RateLimit:
+        return cls(_int(response.headers.get("x-rate-limit")), _int(response.headers.get("x-rate-limit-remaining")))
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+class ZendeskClient:
+    def __init__(self, base_url: str, email: str, api_token: str, *, http: httpx.Client,
+                 observe: Callable[[RateLimit], None] | None = None) -> None:
+        """``observe`` receives every answer's rate-limit headers (the engine's pacing follows them)."""
+        self.base_url = base_url.rstrip("/")
+        self._auth = httpx.BasicAuth(f"{email}/token", api_token)
+        self.http = http
+        self._observe = observe
+
+    def __repr__(self) -> str:  # never the token
+        return f"ZendeskClient({self.base_url!r})"
+
+    def list_groups(self) -> list[Group]:
+        groups: list[Group] = []
+        url: str | None = f"{self.base_url}/api/v2/groups"
+        for _ in range(MAX_GROUP_PAGES):
+            answer = self._request("GET", url)
+            groups += [Group.model_validate(g) for g in answer.get("groups", [])]
+            url = answer.get("next_page")
+            if not url or not str(url).startswith(self.base_url + "/"):
+                break
+        return groups
+
+    def create_ticket(self, ticket: dict[str, Any], idempotency_key: str) -> str:
+        answer = self._request("POST", f"{self.base_url}/api/v2/tickets", json={"ticket": ticket},
+                               headers={"Idempotency-Key": idempotency_key})
+        return str(answer["ticket"]["id"])
+
+    def find_by_external_id(self, external_id: str) -> list[dict[str, Any]]:
+        answer = self._request("GET", f"{self.base_url}/api/v2/tickets", params={"external_id": external_id})
+        return list(answer.get("tickets") or [])
+
+    def update_ticket(self, ticket_id: str, changes: dict[str, Any]) -> None:
+        self._request("PUT", f"{self.base_url}/api/v2/tickets/{quote(ticket_id, safe='')}", json={"ticket": changes})
+
+    def _request(self, method: str, url: str, **options: Any) -> dict[str, Any]:
+        response = self.http.request(method, url, auth=self._auth, **options)
+        if self._observe is not None:
+            self._observe(RateLimit.of(response))
+        response.raise_for_status()
+        body = response.json() if response.content else {}
+        if not isinstance(body, dict):
+            raise httpx.DecodingError(f"{method} answered {response.status_code} with a body that is not an object")
+        return body

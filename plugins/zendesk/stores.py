@@ -1,0 +1,316 @@
+"""Per-store Zendesk settings: a subdomain, an agent email and a sealed API token, checked first.
+
+One Redis hash per store (``<ns>:zendesk:store:<store_id>``) plus an index of store ids. The
+token is stored only as a vault ciphertext bound to the store and field, and leaves this module
+inside a ``SecretStr`` or masked. ``update`` is the one validate-and-save path: the HTTP PUT and
+the CLI both call it. A change is checked with ``GET /api/v2/groups`` (paced with the account's
+delivery), merged under WATCH, and written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, StrictInt, ValidationError, field_validator
+
+from opcore_hooks import CredentialsRejected, HelpdeskError, Host, RateLimited
+from opcore_hooks.crypto import DecryptionError
+
+from .client import SUBDOMAIN, Group
+
+NAME = "zendesk"
+TOKEN = "api_token"  # the vault binds the ciphertext to this field name
+#: Longest wait for the account's pacing slot before a check is refused as rate limited.
+MAX_PACING_WAIT = 5.0
+
+log = logging.getLogger("opcore.zendesk.stores")
+
+
+class SettingsError(Exception):
+    """A change refused or a call that cannot be served; ``message`` is for a store admin."""
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None, *, status: int = 422,
+                 retry_after: float | None = None, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.message, self.details, self.status, self.retry_after = message, details or [], status, retry_after
+        #: Zendesk refused the credentials themselves (a 401), as opposed to not answering.
+        self.rejected = rejected
+
+
+class StoreConfig(BaseModel):
+    store_id: str
+    subdomain: str | None = None
+    email: str | None = None
+    api_token: SecretStr | None = None
+    default_group_id: int | None = None
+    enabled: bool = True
+    credentials: Literal["valid", "invalid", "unchecked"] = "unchecked"
+    checked_at: datetime | None = None
+    last_error: str | None = None
+
+
+class SettingsUpdate(BaseModel):
+    """The PUT body; omitted fields (and a null api_token or enabled) keep their stored values,
+    a null default_group_id clears the group."""
+
+    model_config = ConfigDict(extra="forbid")
+    subdomain: str | None = None
+    email: str | None = None
+    api_token: SecretStr | None = None
+    default_group_id: StrictInt | None = None
+    enabled: StrictBool | None = None
+
+    @field_validator("subdomain")
+    @classmethod
+    def _subdomain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower().removesuffix(".zendesk.com")
+        if not SUBDOMAIN.match(value):
+            raise ValueError("subdomain must be the account's Zendesk subdomain: letters, digits and '-' "
+                             "(acme for acme.zendesk.com)")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        local, at, domain = value.partition("@")
+        if not (at and local and "." in domain and len(value) <= 254 and value.isprintable() and " " not in value):
+            raise ValueError("email must be the address of the Zendesk agent who owns the API token")
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        if not token or len(token) > 256 or not token.isascii() or not token.isprintable() or " " in token:
+            raise ValueError("api_token must be the Zendesk API token, pasted whole")
+        return SecretStr(token)
+
+
+def parse_update(data: Any) -> SettingsUpdate:
+    """The PUT body as a SettingsUpdate, or a SettingsError naming every bad field (never its value)."""
+    if not isinstance(data, dict):
+        raise SettingsError('the body must be a JSON object such as {"subdomain": "acme", "email": ..., '
+                            '"api_token": ...}')
+    try:
+        return SettingsUpdate.model_validate(data)
+    except ValidationError as exc:
+        details = [{"field": ".".join(map(str, e["loc"])) or "body",
+                    "message": e["msg"].removeprefix("Value error, ") if e["type"] != "extra_forbidden"
+                    else "unknown field; allowed: " + ", ".join(SettingsUpdate.model_fields)}
+                   for e in exc.errors(include_input=False, include_url=False)]
+    raise SettingsError("; ".join(f"{d['field']}: {d['message']}" for d in details), details)
+
+
+def mask(token: str) -> str:
+    return f"…{token[-4:]}" if len(token) >= 12 else "…"
+
+
+# -- storage --------------------------------------------------------------------------------------
+
+def settings_key(host: Host, store_id: str) -> str:
+    return host.key(NAME, "store", store_id)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def from_fields(host: Host, store_id: str, fields: dict[str, str]) -> StoreConfig:
+    token = fields.get(TOKEN)
+    group = fields.get("default_group_id")
+    return StoreConfig(
+        store_id=store_id, subdomain=fields.get("subdomain") or None, email=fields.get("email") or None,
+        api_token=SecretStr(host.vault.decrypt(store_id, TOKEN, token)) if token else None,
+        default_group_id=int(group) if group else None, enabled=fields.get("enabled") == "1",
+        credentials=fields.get("credentials", "unchecked"),  # type: ignore[arg-type]
+        checked_at=fields.get("checked_at") or None, last_error=fields.get("last_error") or None,
+    )
+
+
+def _to_hash(host: Host, config: StoreConfig) -> dict[str, str]:
+    fields = {"enabled": "1" if config.enabled else "0", "credentials": config.credentials,
+              "updated_at": _now().isoformat()}
+    for name in ("subdomain", "email"):
+        if getattr(config, name):
+            fields[name] = getattr(config, name)
+    if config.api_token is not None:
+        fields[TOKEN] = host.vault.encrypt(config.store_id, TOKEN, config.api_token.get_secret_value())
+    if config.default_group_id is not None:
+        fields["default_group_id"] = str(config.default_group_id)
+    if config.checked_at:
+        fields["checked_at"] = config.checked_at.isoformat()
+    if config.last_error:
+        fields["last_error"] = config.last_error
+    return fields
+
+
+def _fields(host: Host, store_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in host.redis.hgetall(settings_key(host, store_id)).items()}
+
+
+def load(host: Host, store_id: str) -> StoreConfig | None:
+    """The store's settings, token decrypted; None if never configured (DecryptionError says what to do)."""
+    found = _fields(host, store_id)
+    return from_fields(host, store_id, found) if found else None
+
+
+def mark_invalid(host: Host, store_id: str, error: str, *, api_token: str | None = None) -> None:
+    """Record that Zendesk refused the store's credentials, unless other ones were saved meanwhile."""
+    if api_token is not None:
+        try:
+            current = load(host, store_id)
+        except DecryptionError:
+            current = None
+        if current is None or current.api_token is None or current.api_token.get_secret_value() != api_token:
+            return
+    key = settings_key(host, store_id)
+    if host.redis.exists(key):
+        host.redis.hset(key, mapping={"credentials": "invalid", "checked_at": _now().isoformat(), "last_error": error})
+        log.warning("zendesk credentials of store %r marked invalid: %s", store_id, error)
+
+
+def mark_valid(host: Host, store_id: str) -> None:
+    key = settings_key(host, store_id)
+    if host.redis.exists(key):
+        with host.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"credentials": "valid", "checked_at": _now().isoformat()})
+            pipe.hdel(key, "last_error")
+            pipe.execute()
+
+
+# -- checking against Zendesk ----------------------------------------------------------------------
+
+def groups(host: Host, config: StoreConfig, which: str) -> list[Group]:
+    """``GET /api/v2/groups`` with the config's credentials, paced with the account's delivery;
+    Zendesk's failures become errors worded for a store admin."""
+    assert config.subdomain and config.email and config.api_token is not None
+    delivery = host.delivery(NAME)
+    zendesk = delivery.helpdesk
+    try:
+        return delivery.request(config.subdomain, lambda call: zendesk.client(call, config).list_groups(),
+                                max_wait=MAX_PACING_WAIT)
+    except CredentialsRejected:
+        raise SettingsError(f"Zendesk rejected {which} (401): check the agent email and API token",
+                            [{"field": TOKEN, "message": "rejected by Zendesk"}], rejected=True) from None
+    except RateLimited as exc:
+        wait = max(1, math.ceil(exc.retry_after))
+        raise SettingsError(f"Zendesk is rate limiting this account, try again in {wait} s",
+                            [{"field": TOKEN, "message": "rate limited"}], retry_after=wait) from None
+    except HelpdeskError as exc:
+        raise SettingsError(f"Zendesk could not check {which} ({exc}); try again later",
+                            [{"field": TOKEN, "message": str(exc)}], status=502) from None
+
+
+def update(host: Host, store_id: str, changes: SettingsUpdate) -> StoreConfig:
+    """Validate ``changes`` merged over the stored settings and save them, or raise SettingsError.
+
+    Zendesk is asked whenever credentials or a group are given or the result is enabled, so an
+    enabled store always holds credentials that worked when they were saved.
+    """
+    key = settings_key(host, store_id)
+    for _ in range(3):
+        with host.redis.pipeline(transaction=True) as pipe:
+            pipe.watch(key)
+            raw = {k.decode(): v.decode() for k, v in pipe.hgetall(key).items()}
+            saved = _merge(host, store_id, raw, changes)
+            pipe.multi()
+            pipe.delete(key)
+            pipe.hset(key, mapping=_to_hash(host, saved))
+            pipe.sadd(host.key(NAME, "stores"), store_id)
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                continue
+        if saved.enabled and saved.credentials == "valid":
+            host.delivery(NAME).release_parked(store_id)
+        return saved
+    raise SettingsError("the settings changed while they were being saved; send the change again")
+
+
+def _merge(host: Host, store_id: str, raw: dict[str, str], changes: SettingsUpdate) -> StoreConfig:
+    given = changes.model_fields_set
+    try:
+        current = from_fields(host, store_id, raw) if raw else StoreConfig(store_id=store_id)
+    except DecryptionError as exc:
+        if changes.api_token is None:
+            raise SettingsError(f"{exc}: send api_token with this change",
+                                [{"field": TOKEN, "message": "stored token unreadable"}]) from None
+        current = from_fields(host, store_id, {k: v for k, v in raw.items() if k != TOKEN})
+    merged = current.model_copy(update={
+        "subdomain": changes.subdomain or current.subdomain, "email": changes.email or current.email,
+        "api_token": changes.api_token or current.api_token,
+        "default_group_id": changes.default_group_id if "default_group_id" in given else current.default_group_id,
+        "enabled": current.enabled if changes.enabled is None else changes.enabled,
+    })
+    missing = [f for f in ("subdomain", "email", TOKEN) if getattr(merged, f) is None]
+    if missing:
+        raise SettingsError(f"{', '.join(missing)} required: nothing is stored for this store yet",
+                            [{"field": f, "message": "required"} for f in missing])
+    credentials_given = bool({"subdomain", "email", TOKEN} & given)
+    if not (credentials_given or changes.default_group_id is not None or merged.enabled):
+        return merged
+    listed = groups(host, merged, "these credentials" if credentials_given else "the stored credentials")
+    if merged.default_group_id is not None and merged.default_group_id not in {g.id for g in listed}:
+        names = ", ".join(f"{g.name} ({g.id})" for g in listed) or "none"
+        problem = f"default_group_id {merged.default_group_id} is not a group of this account. Its groups: {names}"
+        raise SettingsError(problem, [{"field": "default_group_id", "message": problem,
+                                       "groups": [g.model_dump() for g in listed]}])
+    merged.credentials, merged.checked_at, merged.last_error = "valid", _now(), None
+    return merged
+
+
+def disconnect(host: Host, store_id: str) -> bool:
+    """Disable the store and forget its token; the record stays so GET shows it disconnected."""
+    key = settings_key(host, store_id)
+    if not host.redis.exists(key):
+        return False
+    with host.redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(key, TOKEN, "checked_at", "last_error")
+        pipe.hset(key, mapping={"enabled": "0", "credentials": "unchecked", "updated_at": _now().isoformat()})
+        pipe.execute()
+    return True
+
+
+def view(config: StoreConfig) -> dict[str, Any]:
+    """What an admin may see: the token masked."""
+    return {"store_id": config.store_id, "subdomain": config.subdomain, "email": config.email,
+            "api_token": mask(config.api_token.get_secret_value()) if config.api_token else None,
+            "default_group_id": config.default_group_id, "enabled": config.enabled,
+            "credentials": config.credentials,
+            "checked_at": config.checked_at.isoformat() if config.checked_at else None,
+            "last_error": config.last_error}
+
+
+def rotate(host: Host) -> int:
+    """Re-seal every stored token under the newest master key; returns how many changed."""
+    count = 0
+    for raw_id in sorted(host.redis.smembers(host.key(NAME, "stores"))):
+        store_id = raw_id.decode()
+        key = settings_key(host, store_id)
+        with host.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                token = pipe.hget(key, TOKEN)
+                if token is None or host.vault.is_current(token.decode()):
+                    continue
+                fresh = host.vault.reseal(store_id, TOKEN, token.decode())
+                pipe.multi()
+                pipe.hset(key, TOKEN, fresh)
+                pipe.execute()
+                count += 1
+            except DecryptionError as exc:
+                log.error("zendesk: cannot re-encrypt the token of store %r: %s", store_id, exc)
+            except redis.WatchError:
+                log.warning("zendesk: the settings of store %r changed during rotation; run it again", store_id)
+    return count
