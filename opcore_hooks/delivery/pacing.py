@@ -10,8 +10,12 @@ in the same turn is admitted without a reservation of its own).
 
 A rate-limit answer blocks the scope until its ``Retry-After`` has passed; reservations made
 before the block are re-checked when they run. A remaining count lower than our own count
-means someone else spends the same scope (another app on the account), and the difference is
-booked as phantom reservations so we slow down instead of meeting a 429.
+means someone else spends the same scope (another app on the account): the difference is kept
+as the scope's *others* figure for a window, and the quota that reserve() and admit() see is
+lowered by it, for reservations made now and far ahead alike, so we slow down instead of
+meeting a 429. (Booking the difference as reservations at the moment it was seen, as opcore
+did first, left the slots already reserved for later windows unaware of it: a backlog then met
+admission refusals and retried in a herd.)
 
 Keys in Redis are a fingerprint of the scope, never the scope itself (it may be an API key).
 """
@@ -39,14 +43,23 @@ import redis
 # latency), and booking the next window from the slot rather than the send lets the next
 # window start early and meet a 429. Returns nil (the send is recorded) or the time to retry.
 LUA = """
-local function quota_of(limit_key, quota, follow)
-  local advertised = tonumber(redis.call('GET', limit_key) or '0')
+local function base_quota(seen, quota, follow)
+  local advertised = tonumber(seen[1] or '0')
   if advertised > 0 and (follow or advertised < quota) then return advertised end
   return quota
 end
 
+-- The limit key is a hash: the advertised 'limit', and 'others' (requests someone else spent in
+-- a window) valid until 'others_until'.
+local function quota_of(limit_key, quota, follow, now)
+  local seen = redis.call('HMGET', limit_key, 'limit', 'others', 'others_until')
+  local others = 0
+  if tonumber(seen[3] or '0') > now then others = tonumber(seen[2] or '0') end
+  return math.max(1, base_quota(seen, quota, follow) - others)
+end
+
 local function reserve(slots, blocked_key, limit_key, now, window, quota, follow, member, margin)
-  quota = quota_of(limit_key, quota, follow)
+  quota = quota_of(limit_key, quota, follow, now)
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now - window)
   local slot = now
   local n = redis.call('ZCARD', slots)
@@ -65,7 +78,7 @@ local function reserve(slots, blocked_key, limit_key, now, window, quota, follow
 end
 
 local function admit(sent, blocked_key, limit_key, now, span, quota, follow, member)
-  quota = quota_of(limit_key, quota, follow)
+  quota = quota_of(limit_key, quota, follow, now)
   local blocked = tonumber(redis.call('GET', blocked_key) or '0')
   if blocked > now then return blocked end
   redis.call('ZREMRANGEBYSCORE', sent, '-inf', now - span)
@@ -109,6 +122,34 @@ return 'go'
 """
 
 
+# KEYS: limit hash, sent zset. ARGV: now, window, margin, configured quota, follow, advertised limit ('' if
+# none), remaining ('' if none). Keeps a lower (or, following, any) advertised limit for an hour, and
+# the requests someone else spent, raising the figure at once and letting it lapse a window after it
+# was last raised. Returns that figure.
+_OBSERVE = LUA + """
+local now, window, margin, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local follow = ARGV[5] == '1'
+local limit, remaining = tonumber(ARGV[6]), tonumber(ARGV[7])
+if limit and limit > 0 and (follow or limit < quota) then
+  redis.call('HSET', KEYS[1], 'limit', limit)
+  redis.call('PEXPIRE', KEYS[1], 3600000)
+end
+if not remaining then return 0 end
+local seen = redis.call('HMGET', KEYS[1], 'limit', 'others', 'others_until')
+local base = base_quota(seen, quota, follow)
+local current = 0
+if tonumber(seen[3] or '0') > now then current = tonumber(seen[2] or '0') end
+local ours = redis.call('ZCOUNT', KEYS[2], now - window - margin, '+inf')
+local others = math.min(base - 1, (base - ours) - remaining)
+if others > current then
+  redis.call('HSET', KEYS[1], 'others', others, 'others_until', string.format('%.6f', now + window))
+  redis.call('PEXPIRE', KEYS[1], 3600000)
+  return others
+end
+return current
+"""
+
+
 @functools.lru_cache(maxsize=1024)  # every request hashes its key twice; a process sees few keys
 def fingerprint(scope: str) -> str:
     return hashlib.sha256(b"opcore-pacing:" + scope.encode()).hexdigest()[:20]
@@ -135,6 +176,7 @@ class Pacer:
         #: Headroom added to the window: a request runs a little after its slot, never before.
         self.margin = min(1.0, 0.02 * window + 0.05)
         self._reserve = client.register_script(_RESERVE)
+        self._observe = client.register_script(_OBSERVE)
         self._block = client.register_script(_BLOCK)
         self._admit = client.register_script(_ADMIT)
 
@@ -186,8 +228,9 @@ class Pacer:
         return float(raw) if raw else 0.0
 
     def quota_for(self, scope: str) -> int:
-        """The configured quota, or the server's advertised limit where ``observe`` kept one."""
-        raw = self.redis.get(self._keys(scope)[2])
+        """The configured quota, or the server's advertised limit where ``observe`` kept one
+        (before what others spend is taken off)."""
+        raw = self.redis.hget(self._keys(scope)[2], "limit")
         advertised = int(raw) if raw else 0
         return advertised if advertised > 0 and (self.follow_server_limit or advertised < self.quota) else self.quota
 
@@ -196,23 +239,14 @@ class Pacer:
 
         A lower advertised limit than configured (any advertised limit, with
         ``follow_server_limit``) becomes this scope's quota for an hour. A remaining count
-        lower than our own count means someone else spends the scope; the difference is booked
-        as phantom reservations. Returns how many were booked. A higher ``remaining`` than
-        expected changes nothing.
+        lower than our own count means someone else spends the scope: the difference comes off
+        the quota for a window (raised at once by a larger difference). Returns that figure.
+        One round trip, on every answer that carries the headers.
         """
-        slots, _, limit_key = self._keys(scope)
-        if limit is not None and 0 < limit and (limit < self.quota or self.follow_server_limit):
-            self.redis.set(limit_key, limit, ex=3600)
-        if remaining is None:
+        if limit is None and remaining is None:
             return 0
         now = time.time() if now is None else now
         # Sends are stamped no later than the server saw them, so count a margin further back.
-        ours = int(self.redis.zcount(self._sent(scope), now - self.window - self.ADMIT_MARGIN, "+inf"))
-        phantom = (self.quota_for(scope) - ours) - remaining
-        if phantom <= 0:
-            return 0
-        phantom = min(phantom, self.quota)
-        phantoms = {f"phantom:{uuid.uuid4().hex}": now for _ in range(phantom)}
-        self.redis.zadd(slots, phantoms)
-        self.redis.zadd(self._sent(scope), phantoms)
-        return phantom
+        return int(self._observe(keys=[self._keys(scope)[2], self._sent(scope)], args=[
+            repr(now), repr(self.window), repr(self.ADMIT_MARGIN), self.quota, self.follow,
+            "" if limit is None else limit, "" if remaining is None else remaining]))
