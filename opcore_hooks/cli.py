@@ -9,6 +9,7 @@ import sys
 import click
 
 from .config import ConfigError, Settings
+from .demo import register as register_demo
 from .plugins import PluginLoadError, load_plugins
 
 log = logging.getLogger("opcore.cli")
@@ -184,6 +185,9 @@ def dead_letters_replay(store: str | None, claim: str | None) -> None:
     for e in entries:
         host.dead_letters.replay(host.broker, e)
     click.echo(f"replayed {len(entries)} dead letter(s)")
+
+
+register_demo(cli)  # the host's `opcore demo`, over every plugin's demo part
 
 
 def build_cli() -> click.Group:

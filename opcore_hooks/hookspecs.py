@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pydantic_settings import BaseSettings
 
     from .delivery import Helpdesk
+    from .demo import DemoHelpdesk
     from .events import ClaimCreated, ClaimStatusChanged, Event
     from .host import Host
     from .panel import Panel
@@ -67,6 +68,16 @@ def register_panel(host: Host) -> Panel | None:
     The host then serves it at ``/widgets/<plugin>/{store_id}`` (signed per store), provisions
     and rotates its secrets at ``/internal/integrations/<plugin>/stores/{store_id}/widget``,
     and reseals them on ``opcore keys rotate``; ``widget_context`` shapes what it shows.
+    """
+
+
+@hookspec
+def register_demo() -> DemoHelpdesk | None:
+    """Return the plugin's part of ``opcore demo``: a local stand-in of its helpdesk and how to
+    read back what it received (:class:`opcore_hooks.demo.DemoHelpdesk`), or None.
+
+    Called before the demo builds its host, so the part can point the plugin's settings at the
+    stand-in through the environment.
     """
 
 

@@ -7,6 +7,7 @@ summary is HTML with every customer- or store-supplied value escaped, since help
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from html import escape
 
@@ -34,42 +35,63 @@ def _money(amount: str | None, currency: str | None) -> str | None:
     return f"{value} {currency}" if currency else value
 
 
+@dataclass
+class _Summary:
+    """The facts an agent reads, as plain text, in the order they are shown."""
+
+    title: str
+    facts: list[str]  # type, state, order
+    description: str | None
+    items: list[str]
+    pricing: list[str]  # line items, then subtotal, shipping, tax, total
+
+
+def _summary(claim: ClaimCreated) -> _Summary:
+    order = claim.order
+    facts = [f"Claim type: {humanize(claim.claim_type.value)}", f"Claim state: {humanize(claim.claim_state.value)}"]
+    order_number = (order.order_number if order else None) or claim.source_order_id
+    if order_number:
+        facts.append(f"Order: {order_number}")
+    items = []
+    for item in claim.items:
+        name = item.item_name or item.sku or item.item_id or "item"
+        sku = f" (SKU {item.sku})" if item.sku and item.item_name else ""
+        items.append(f"{item.quantity} × {name}{sku}")
+    pricing: list[str] = []
+    if order is not None:
+        for li in order.line_items:
+            price = _money(li.unit_price, order.currency)
+            pricing.append(f"{li.quantity} × {li.item_name or li.sku or 'item'}" + (f" at {price}" if price else ""))
+        for label, name in (("Subtotal", "subtotal"), ("Shipping", "shipping"), ("Tax", "tax"), ("Total", "total")):
+            value = _money(getattr(order, name), order.currency)
+            if value is not None:
+                pricing.append(f"{label}: {value}")
+    return _Summary(f"Order Protection claim {claim_label(claim)}", facts, claim.claim_description, items, pricing)
+
+
 def summary_html(claim: ClaimCreated, claim_url: str, agent_note: str) -> str:
     """The claim for an agent, as HTML: type and state, order, description, claimed items, pricing,
     the link to the claim and ``agent_note``. Every value from a customer or a store is escaped."""
-    e = escape
-    order = claim.order
-    lines = [
-        f"<p><strong>Order Protection claim {e(claim_label(claim))}</strong></p>",
-        "<ul>",
-        f"<li>Claim type: {e(humanize(claim.claim_type.value))}</li>",
-        f"<li>Claim state: {e(humanize(claim.claim_state.value))}</li>",
-    ]
-    order_number = (order.order_number if order else None) or claim.source_order_id
-    if order_number:
-        lines.append(f"<li>Order: {e(order_number)}</li>")
-    lines.append("</ul>")
-    if claim.claim_description:
-        lines.append(f"<p>Customer's description: {e(claim.claim_description)}</p>")
-    if claim.items:
-        lines.append("<p>Claimed items:</p><ul>")
-        for item in claim.items:
-            name = item.item_name or item.sku or item.item_id or "item"
-            sku = f" (SKU {e(item.sku)})" if item.sku and item.item_name else ""
-            lines.append(f"<li>{item.quantity} × {e(name)}{sku}</li>")
-        lines.append("</ul>")
-    if order is not None:
-        rows = [(label, _money(getattr(order, field), order.currency)) for label, field in (
-            ("Subtotal", "subtotal"), ("Shipping", "shipping"), ("Tax", "tax"), ("Total", "total"))]
-        priced = [(label, value) for label, value in rows if value is not None]
-        if order.line_items or priced:
-            lines.append("<p>Order summary:</p><ul>")
-            for li in order.line_items:
-                price = _money(li.unit_price, order.currency)
-                each = f" at {e(price)}" if price else ""
-                lines.append(f"<li>{li.quantity} × {e(li.item_name or li.sku or 'item')}{each}</li>")
-            lines.extend(f"<li>{label}: {e(value)}</li>" for label, value in priced)
-            lines.append("</ul>")
+    e, found = escape, _summary(claim)
+    lines = [f"<p><strong>{e(found.title)}</strong></p>", "<ul>", *(f"<li>{e(f)}</li>" for f in found.facts), "</ul>"]
+    if found.description:
+        lines.append(f"<p>Customer's description: {e(found.description)}</p>")
+    for heading, rows in (("Claimed items", found.items), ("Order summary", found.pricing)):
+        if rows:
+            lines += [f"<p>{heading}:</p><ul>", *(f"<li>{e(row)}</li>" for row in rows), "</ul>"]
     lines.append(f'<p>Claim in Order Protection: <a href="{e(claim_url)}">{e(claim_url)}</a></p>')
     lines.append(f"<p><em>{e(agent_note)}</em></p>")
+    return "\n".join(lines)
+
+
+def summary_text(claim: ClaimCreated, claim_url: str, agent_note: str) -> str:
+    """The same summary as plain text, for a helpdesk that shows a comment's body as written."""
+    found = _summary(claim)
+    lines = [found.title, *(f"- {f}" for f in found.facts)]
+    if found.description:
+        lines.append(f"Customer's description: {found.description}")
+    for heading, rows in (("Claimed items", found.items), ("Order summary", found.pricing)):
+        if rows:
+            lines += [f"{heading}:", *(f"- {row}" for row in rows)]
+    lines += [f"Claim in Order Protection: {claim_url}", agent_note]
     return "\n".join(lines)

@@ -26,6 +26,7 @@ import redis
 from .config import Settings
 from .crypto import generate_master_key
 from .host import Host
+from .samples import CLAIM_CREATED
 from .worker import EmbeddedWorker
 
 REAL_REDIS = os.environ.get("OPCORE_TEST_REDIS_URL")
@@ -89,32 +90,6 @@ def run_worker() -> Iterator[Callable[[Host], EmbeddedWorker]]:
     for worker in started:
         worker.stop(timeout_ms=5000)
 
-
-
-CLAIM_CREATED: dict[str, Any] = {
-    "id": "3b6f0c1e-0000-4000-8000-000000000001",
-    "topic": "claim.created",
-    "created_at": "2026-11-27T10:00:00Z",
-    "body": {
-        "store_id": "store_123",
-        "claim_id": "cm6v2zdt10002j20vqs7f74hc",
-        "claim_number": "OP-1042",
-        "order_id": "order-1",
-        "source_order_id": "100",
-        "created_at": "2026-11-27T09:59:58Z",
-        "claim_description": "Item arrived damaged",
-        "claim_type": "DAMAGED",
-        "claim_state": "NEW",
-        "items": [{"product_id": "p1", "variant_id": "v1", "sku": "SKU123", "item_id": "i1",
-                   "item_name": "Wireless Mouse", "quantity": 1}],
-        "customer": {"email": "ana@example.com", "first_name": "Ana", "last_name": "Lima",
-                     "phone": "+15551230000"},
-        "order": {"order_number": "#1001", "currency": "USD", "placed_at": "2026-11-20T08:00:00Z",
-                  "line_items": [{"item_id": "i1", "item_name": "Wireless Mouse", "sku": "SKU123",
-                                  "quantity": 1, "unit_price": "24.99"}],
-                  "subtotal": "24.99", "shipping": "4.99", "tax": "2.10", "total": "32.08"},
-    },
-}
 
 
 def claim_created(**body: Any) -> dict[str, Any]:

@@ -106,3 +106,19 @@ def test_a_leaky_bucket_is_paced_without_overflowing(redis_client):
         last = at
         assert level <= capacity
     assert (len(slots) - capacity) / (slots[-1] - slots[0]) > 0.9 * leak
+
+
+def test_what_other_apps_keep_spending_stays_off_the_quota(redis_client):
+    p = pacer(redis_client, quota=10, window=10.0)
+    now = time.time()
+    assert p.observe(KEY, limit=10, remaining=6, now=now) == 4  # others spent 4 of the 10
+    assert p.observe(KEY, limit=10, remaining=6, now=now + 9) == 4  # and still do, 9 s later
+    later = now + 10.5  # past the first sighting's window, within the second's
+    slots = [p.reserve(KEY, now=later).at for _ in range(10)]
+    assert sum(s < later + 10 for s in slots) == 6
+
+
+def test_a_limit_key_left_by_an_earlier_version_does_not_break_pacing(redis_client):
+    p = pacer(redis_client, quota=5)
+    redis_client.set(f"optest:pace:{fingerprint(KEY)}:limit", "3", ex=3600)  # the old string form
+    assert p.reserve(KEY).at > 0 and p.admit(KEY)[0] is not None

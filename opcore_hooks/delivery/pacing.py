@@ -124,8 +124,8 @@ return 'go'
 
 # KEYS: limit hash, sent zset. ARGV: now, window, margin, configured quota, follow, advertised limit ('' if
 # none), remaining ('' if none). Keeps a lower (or, following, any) advertised limit for an hour, and
-# the requests someone else spent, raising the figure at once and letting it lapse a window after it
-# was last raised. Returns that figure.
+# the requests someone else spent: a figure as large or larger is kept for a window from now (so
+# steady use by others holds it), a smaller one waits for the kept figure to lapse. Returns it.
 _OBSERVE = LUA + """
 local now, window, margin, quota = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local follow = ARGV[5] == '1'
@@ -141,7 +141,7 @@ local current = 0
 if tonumber(seen[3] or '0') > now then current = tonumber(seen[2] or '0') end
 local ours = redis.call('ZCOUNT', KEYS[2], now - window - margin, '+inf')
 local others = math.min(base - 1, (base - ours) - remaining)
-if others > current then
+if others > 0 and others >= current then
   redis.call('HSET', KEYS[1], 'others', others, 'others_until', string.format('%.6f', now + window))
   redis.call('PEXPIRE', KEYS[1], 3600000)
   return others
@@ -183,7 +183,9 @@ class Pacer:
     def keys(self, scope: str) -> tuple[str, str, str, str]:
         """The key's reservations, blocked-until, advertised-limit and sent keys, in LUA's order."""
         fp = fingerprint(scope)
-        return (f"{self.prefix}:{fp}:slots", f"{self.prefix}:{fp}:blocked", f"{self.prefix}:{fp}:limit",
+        # ':quota' is a hash (the advertised limit, what others spend); the string ':limit' of
+        # earlier versions is left to expire, so no script meets a key of the other type.
+        return (f"{self.prefix}:{fp}:slots", f"{self.prefix}:{fp}:blocked", f"{self.prefix}:{fp}:quota",
                 f"{self.prefix}:{fp}:sent")
 
     def _keys(self, scope: str) -> tuple[str, str, str]:

@@ -4,7 +4,7 @@
 - ``helpdesk``/``tickets``/``client``: Richpanel's side of delivery (tickets and snoozes), which
   the host's delivery engine runs;
 - ``widget``: what is Richpanel's in the host's widget panel;
-- ``sandbox``: a local stand-in for Richpanel's API.
+- ``sandbox``/``demo``: a local stand-in for Richpanel's API, and its part of ``opcore demo``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from opcore_hooks import (
     hookimpl,
 )
 
-from . import api, commands, demo, stores, widget
+from . import api, commands, stores, widget
+from .demo import RichpanelDemo
 from .helpdesk import Richpanel
 from .settings import RichpanelSettings
 
@@ -56,7 +57,11 @@ def register_routes(host: Host) -> Routes:
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     commands.register(cli)
-    demo.register(cli)
+
+
+@hookimpl
+def register_demo() -> RichpanelDemo:
+    return RichpanelDemo()
 
 
 @hookimpl

@@ -76,7 +76,7 @@ def internal_routes(host: Host) -> list[Route]:
         if config.api_token is None:
             raise SettingsError("no Zendesk API token is stored for this store; save one first",
                                 [{"field": stores.TOKEN, "message": "required"}])
-        return stores.groups(host, config, "the stored credentials")
+        return stores.groups(host, config, "the stored credentials", unavailable_status=502)
 
     async def get_groups(request: Request) -> JSONResponse:
         result = await _call(list_groups, request.path_params["store_id"])

@@ -20,6 +20,10 @@ SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_GROUP_PAGES = 10
 
 
+class UnreadableAnswer(ValueError):
+    """Zendesk answered, but not with what the call expects (the create may have acted)."""
+
+
 class Group(BaseModel):
     id: int
     name: str = ""
@@ -65,7 +69,10 @@ class ZendeskClient:
     def create_ticket(self, ticket: dict[str, Any], idempotency_key: str) -> str:
         answer = self._request("POST", f"{self.base_url}/api/v2/tickets", json={"ticket": ticket},
                                headers={"Idempotency-Key": idempotency_key})
-        return str(answer["ticket"]["id"])
+        try:
+            return str(answer["ticket"]["id"])
+        except (KeyError, TypeError):
+            raise UnreadableAnswer("POST /api/v2/tickets answered without a ticket id") from None
 
     def find_by_external_id(self, external_id: str) -> list[dict[str, Any]]:
         answer = self._request("GET", f"{self.base_url}/api/v2/tickets", params={"external_id": external_id})
@@ -81,5 +88,5 @@ class ZendeskClient:
         response.raise_for_status()
         body = response.json() if response.content else {}
         if not isinstance(body, dict):
-            raise httpx.DecodingError(f"{method} answered {response.status_code} with a body that is not an object")
+            raise UnreadableAnswer(f"{method} answered {response.status_code} with a body that is not an object")
         return body

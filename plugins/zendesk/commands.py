@@ -49,6 +49,8 @@ def _run(action: Any) -> Any:
 def set_zendesk(store_id: str, subdomain: str | None, email: str | None, api_token: str | None, group: int | None,
                 clear_group: bool, enabled: bool | None) -> None:
     """Connect STORE to Zendesk: the credentials are checked with Zendesk before anything is saved."""
+    if group is not None and clear_group:
+        raise click.UsageError("--group and --clear-group cannot be used together")
     data: dict[str, Any] = {k: v for k, v in (("subdomain", subdomain), ("email", email), ("enabled", enabled))
                             if v is not None}
     if api_token is not None:

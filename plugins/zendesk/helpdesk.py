@@ -15,6 +15,7 @@ pacing shared by every worker, parking and dead letters. What is Zendesk's own:
 
 from __future__ import annotations
 
+import json
 import re
 import weakref
 from typing import Any
@@ -35,7 +36,7 @@ from opcore_hooks import (
 )
 
 from . import stores, tickets
-from .client import ZendeskClient
+from .client import UnreadableAnswer, ZendeskClient
 from .settings import ZendeskSettings
 from .stores import StoreConfig
 
@@ -108,19 +109,21 @@ class Zendesk(Helpdesk[StoreConfig]):
         return request(self.client(call, call.store))
 
     def classify(self, exc: Exception) -> HelpdeskError | None:
-        """httpx's meaning, plus: a 429 without Retry-After waits 10 s, Zendesk's error code (a
-        word such as ``RecordInvalid``) joins a refusal's reason, and an unreadable answer is
-        transient (the create may have acted: the next turn looks it up)."""
+        """httpx's meaning, plus: a 429 without Retry-After waits 10 s; Zendesk's error code (a
+        word such as ``RecordInvalid``) joins a refusal's reason; an answer opcore cannot read is
+        transient (the create may have acted: the next turn looks it up); and a 400
+        ``IdempotentRequestError`` means a ticket was made under this claim's key with another
+        body (the store's default group changed in between), so it is looked up again, not dropped."""
         if isinstance(exc, httpx.HTTPStatusError):
             response = exc.response
             if response.status_code == 429 and "retry-after" not in response.headers:
                 return RateLimited("429 without Retry-After", DEFAULT_RETRY_AFTER)
+            code = _error_code(response)
+            if response.status_code == 400 and code == "IdempotentRequestError":
+                return Transient("a ticket exists under this claim's idempotency key; looking it up")
             failure = classify_http(exc)
-            if isinstance(failure, Refused):
-                code = _error_code(response)
-                return Refused(f"{failure} ({code})") if code else failure
-            return failure
-        if isinstance(exc, (ValueError, KeyError, TypeError, httpx.DecodingError)):
+            return Refused(f"{failure} ({code})") if isinstance(failure, Refused) and code else failure
+        if isinstance(exc, (UnreadableAnswer, json.JSONDecodeError, httpx.DecodingError)):
             return Transient(f"an answer opcore cannot read ({type(exc).__name__})")
         return classify_http(exc)
 

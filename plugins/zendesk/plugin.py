@@ -4,7 +4,7 @@
   ``pending`` once the claim is finished), which the host's delivery engine runs;
 - ``stores``/``api``/``commands``: per-store settings, the internal settings API, the CLI;
 - ``widget``: what is Zendesk's in the host's widget panel;
-- ``sandbox``: a local stand-in for Zendesk's API.
+- ``sandbox``/``demo``: a local stand-in for Zendesk's API, and its part of ``opcore demo``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from opcore_hooks import (
 from opcore_hooks.crypto import DecryptionError
 
 from . import api, commands, stores, widget
+from .demo import ZendeskDemo
 from .helpdesk import Zendesk
 from .settings import ZendeskSettings
 
@@ -56,6 +57,11 @@ def register_routes(host: Host) -> Routes:
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     commands.register(cli)
+
+
+@hookimpl
+def register_demo() -> ZendeskDemo:
+    return ZendeskDemo()
 
 
 @hookimpl

@@ -133,8 +133,16 @@ def _body_hash(raw: bytes) -> str:
 
 
 def _comment(comment: dict[str, Any], now: float) -> dict[str, Any]:
-    return {"body": comment.get("body") or comment.get("html_body") or "", "public": comment.get("public", True),
-            "at": now}
+    """As Zendesk stores it: a comment sent without ``public`` is public."""
+    return {"body": comment.get("body") or comment.get("html_body") or "", "html": "html_body" in comment,
+            "public": comment.get("public", True), "at": now}
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return raw.decode("utf-8", "replace")[:200]
 
 
 def _handle(state: SandboxState, account: Account, request: Request, raw: bytes, now: float
@@ -188,7 +196,7 @@ async def _api(request: Request) -> Response:
         account = state.accounts.get(request.path_params["subdomain"])
         record: dict[str, Any] = {"method": request.method, "path": request.url.path, "time": now,
                                   "subdomain": request.path_params["subdomain"], "query": dict(request.query_params),
-                                  "body": json.loads(raw) if raw else None}
+                                  "body": _json(raw)}
         state.requests.append(record)
         if account is None or not _authorized(account, request.headers.get("authorization")):
             record["status"] = 401
@@ -197,6 +205,7 @@ async def _api(request: Request) -> Response:
         headers = {"X-Rate-Limit": str(account.plan), "X-Rate-Limit-Remaining": str(left)}
         if wait is not None:
             record["status"] = 429
+            record["retry_after"] = int(wait)
             return JSONResponse({"error": "TooManyRequests"}, 429, {**headers, "Retry-After": str(int(wait))})
         if state.rng.random() < state.config.error_rate:
             record["status"] = 500
@@ -206,7 +215,7 @@ async def _api(request: Request) -> Response:
         except ValueError:
             status, answer, extra = 400, {"error": "InvalidJSON"}, {}
         drop = status < 300 and state.rng.random() < state.config.drop_rate
-        record["status"], record["dropped"] = status, drop
+        record["status"], record["dropped"], record["idempotency"] = status, drop, extra.get("x-idempotency-lookup")
     return (DroppedResponse if drop else JSONResponse)(answer, status, {**headers, **extra})
 
 

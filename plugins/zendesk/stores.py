@@ -17,7 +17,7 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, StrictInt, ValidationError, field_validator
 
-from opcore_hooks import CredentialsRejected, HelpdeskError, Host, RateLimited
+from opcore_hooks import CredentialsRejected, HelpdeskError, Host, RateLimited, Refused
 from opcore_hooks.crypto import DecryptionError
 
 from .client import SUBDOMAIN, Group
@@ -191,9 +191,10 @@ def mark_valid(host: Host, store_id: str) -> None:
 
 # -- checking against Zendesk ----------------------------------------------------------------------
 
-def groups(host: Host, config: StoreConfig, which: str) -> list[Group]:
+def groups(host: Host, config: StoreConfig, which: str, *, unavailable_status: int = 422) -> list[Group]:
     """``GET /api/v2/groups`` with the config's credentials, paced with the account's delivery;
-    Zendesk's failures become errors worded for a store admin."""
+    Zendesk's failures become errors worded for a store admin (a settings change refused for
+    any reason is a 422; listing the groups answers 502 when Zendesk itself failed)."""
     assert config.subdomain and config.email and config.api_token is not None
     delivery = host.delivery(NAME)
     zendesk = delivery.helpdesk
@@ -203,13 +204,17 @@ def groups(host: Host, config: StoreConfig, which: str) -> list[Group]:
     except CredentialsRejected:
         raise SettingsError(f"Zendesk rejected {which} (401): check the agent email and API token",
                             [{"field": TOKEN, "message": "rejected by Zendesk"}], rejected=True) from None
+    except Refused as exc:
+        raise SettingsError(f"Zendesk refused to list the groups with {which} ({exc}): the agent needs "
+                            "permission to see the account's groups", [{"field": "email", "message": str(exc)}]
+                            ) from None
     except RateLimited as exc:
         wait = max(1, math.ceil(exc.retry_after))
         raise SettingsError(f"Zendesk is rate limiting this account, try again in {wait} s",
                             [{"field": TOKEN, "message": "rate limited"}], retry_after=wait) from None
     except HelpdeskError as exc:
         raise SettingsError(f"Zendesk could not check {which} ({exc}); try again later",
-                            [{"field": TOKEN, "message": str(exc)}], status=502) from None
+                            [{"field": TOKEN, "message": str(exc)}], status=unavailable_status) from None
 
 
 def update(host: Host, store_id: str, changes: SettingsUpdate) -> StoreConfig:

@@ -1,17 +1,19 @@
 """The Zendesk ticket a claim opens: everything an agent needs, in a comment the customer never gets.
 
 The first comment is private (``"public": false``): Zendesk's standard triggers email the
-requester on public updates only. The body is the host's claim summary as ``html_body``, every
-customer value escaped. The claim id is the ticket's ``external_id``, which finds it again.
+requester on public updates only. Its ``body`` is the host's claim summary as plain text (Zendesk
+shows a ``body`` as written, so nothing in it is markup). The claim id is the ticket's
+``external_id``, which finds it again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from opcore_hooks import ClaimCreated
-from opcore_hooks.summary import subject, summary_html
+from opcore_hooks.summary import subject, summary_text
 
 TAG = "order_protection"
 AGENT_NOTE = (
@@ -30,7 +32,7 @@ def build_ticket(claim: ClaimCreated, claim_url: str, *, group_id: int | None = 
     Zendesk refuses a repeated Idempotency-Key with another body."""
     ticket: dict[str, Any] = {
         "subject": subject(claim),
-        "comment": {"html_body": summary_html(claim, claim_url, AGENT_NOTE), "public": False},
+        "comment": {"body": summary_text(claim, claim_url, AGENT_NOTE), "public": False},
         "requester": {"name": requester_name(claim), "email": claim.customer.email},
         "external_id": claim.claim_id,
         "tags": [TAG],
@@ -42,5 +44,5 @@ def build_ticket(claim: ClaimCreated, claim_url: str, *, group_id: int | None = 
 
 def idempotency_key(store_id: str, claim_id: str) -> str:
     """Stable for the claim across every retry and worker, and a valid header whatever the ids hold."""
-    digest = hashlib.sha256(f"{store_id}\0{claim_id}".encode()).hexdigest()[:40]
+    digest = hashlib.sha256(json.dumps([store_id, claim_id]).encode()).hexdigest()[:40]
     return f"opcore-{digest}"

@@ -1,0 +1,285 @@
+"""``opcore demo``: the whole product on one machine, checked end to end against each helpdesk's stand-in.
+
+Everything is real but the helpdesks: the embedded store (fakeredis) under the same Dramatiq
+broker and actors as production, the web app on a socket, the settings API, the ingress. Each
+plugin that offers a demo (``register_demo``: a :class:`DemoHelpdesk`) starts its local stand-in
+and connects a store of its own; the host sends every store its claims, of every type, some
+finished (a few before their creation arrives), some delivered twice, and then asks each
+stand-in what it received. The run exits 0 only when every claim has exactly one ticket in its
+own helpdesk and every finished claim's ticket was finished there.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import fakeredis
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .config import Settings
+from .crypto import generate_master_key
+from .events import ClaimType
+from .samples import CLAIM_CREATED
+
+CUSTOMERS = [("ana@example.com", "Ana", "Lima"), ("bo@example.com", "Bo", "Chen"),
+             ("cleo@example.com", "Cleo", "Okafor"), ("dev@example.com", "Dev", "Patel"),
+             ("eli@example.com", "Eli", "García"), ("fay@example.com", "Fay", "Müller")]
+PRODUCTS = [("Wireless Mouse", "24.99"), ("USB-C Hub", "39.00"), ("Desk Lamp", "45.50"),
+            ("Water Bottle", "18.00"), ("Headphones", "89.99"), ("Phone Case", "15.00")]
+FINISHING = ["APPROVED", "RESOLVED", "RESOLVED_BY_BRAND"]
+
+
+@dataclass
+class Plan:
+    """One store's claims: the events to send, and what must be true of its helpdesk afterwards."""
+
+    store_id: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    claims: list[str] = field(default_factory=list)
+    finished: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Outcome:
+    """What a helpdesk's stand-in received, as its plugin reads it back."""
+
+    tickets: dict[str, list[str]]  # claim id -> ids of the tickets that carry it
+    finished: set[str]  # claims whose ticket was finished (snoozed, pending)
+    writes: set[str]  # every kind of write it received ("POST /v1/tickets", ...)
+    rate_limited: int  # requests it answered with a rate limit
+
+
+class DemoHelpdesk:
+    """A plugin's part of the demo; ``register_demo`` returns one (built before the host, so
+    ``start`` can point the plugin's settings at its stand-in through the environment)."""
+
+    plugin: str
+    title: str
+    #: The only writes the helpdesk may receive ("POST /v1/tickets", ...).
+    allowed_writes: frozenset[str]
+    #: What the finishing call is called in the summary ("snoozed", "pending").
+    finished_label: str
+
+    def start(self, quota: int, window: float) -> None:
+        raise NotImplementedError
+
+    def connect(self, http: httpx.Client, admin: dict[str, str], store_id: str) -> None:
+        raise NotImplementedError
+
+    def outcome(self, plan: Plan) -> Outcome:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+def _claim(store_id: str, i: int) -> dict[str, Any]:
+    email, first, last = CUSTOMERS[i % len(CUSTOMERS)]
+    name, price = PRODUCTS[i % len(PRODUCTS)]
+    body = dict(CLAIM_CREATED["body"])
+    body.update(
+        store_id=store_id, claim_id=f"{store_id}-claim-{i:03d}", claim_number=f"OP-{2000 + i}",
+        order_id=f"order-{i}", source_order_id=str(5000 + i),
+        claim_type=list(ClaimType)[i % len(ClaimType)].value, claim_state="NEW",
+        claim_description=f"{name} — see photos", created_at=f"2026-11-27T10:{i % 60:02d}:00Z",
+        items=[{"item_id": f"i{i}", "item_name": name, "sku": f"SKU-{i:03d}", "quantity": 1}],
+        customer={"email": email, "first_name": first, "last_name": last, "phone": f"+1555000{i:04d}"},
+        order={"order_number": f"#{1000 + i}", "currency": "USD", "placed_at": f"2026-11-{1 + i % 25:02d}T08:00:00Z",
+               "line_items": [{"item_id": f"i{i}", "item_name": name, "quantity": 1, "unit_price": price}],
+               "subtotal": price, "shipping": "4.99", "tax": "1.00", "total": f"{float(price) + 5.99:.2f}"},
+    )
+    return {"id": str(uuid.uuid4()), "topic": "claim.created", "created_at": body["created_at"], "body": body}
+
+
+def _change(store_id: str, claim_id: str, state: str) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "topic": "claim.state_changed", "created_at": "2026-11-27T11:00:00Z",
+            "body": {"store_id": store_id, "claim_id": claim_id, "claim_state": state}}
+
+
+def plan(store_id: str, count: int) -> Plan:
+    """Every claim type; a third finished (approved, resolved, resolved by brand), some of them
+    before their ticket exists; some events delivered twice, as Order Protection may."""
+    p = Plan(store_id)
+    for i in range(count):
+        created = _claim(store_id, i)
+        claim_id = created["body"]["claim_id"]
+        p.claims.append(claim_id)
+        state = FINISHING[(i // 3) % 3] if i % 3 == 0 else None
+        if state and i % 9 == 0:  # auto-approved: the approval arrives before the creation
+            p.events += [_change(store_id, claim_id, state), created]
+        else:
+            p.events.append(created)
+            if state:
+                p.events.append(_change(store_id, claim_id, state))
+        if state:
+            p.finished.add(claim_id)
+        if i % 7 == 0:
+            p.events.append(created)  # a redelivery
+    return p
+
+
+def _interleave(plans: list[Plan]) -> list[dict[str, Any]]:
+    longest = max(len(p.events) for p in plans)
+    return [p.events[i] for i in range(longest) for p in plans if i < len(p.events)]
+
+
+def run(parts: list[DemoHelpdesk], count: int = 36, quota: int = 20, window: float = 5.0,
+        keep_serving: bool = False, console: Console | None = None) -> int:
+    """Run the demo over ``parts``, ``count`` claims shared between them; 0 when all is right."""
+    from .app import create_app  # the app pulls in every plugin: only once the stand-ins are up
+    from .host import Host
+    from .serving import ThreadedServer
+
+    console = console or Console()
+    for noisy in ("uvicorn", "uvicorn.error", "dramatiq", "opcore.store"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    started = time.monotonic()
+    for part in parts:
+        part.start(quota, window)
+    settings = Settings(redis_url=None, webhook_secret=secrets.token_urlsafe(16),
+                        admin_token=secrets.token_urlsafe(16), master_key=generate_master_key())
+    host = Host(settings, redis_client=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    web = ThreadedServer(create_app(host, with_worker=True, worker_threads=8), name="opcore-demo")
+    admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    plans = [plan(f"demo-{part.plugin}", max(1, count // len(parts))) for part in parts]
+    try:
+        with httpx.Client(base_url=web.url, timeout=10) as http:
+            for part, p in zip(parts, plans):
+                part.connect(http, admin, p.store_id)
+            console.print(f"[bold]opcore demo[/]: opcore at {web.url}; stores "
+                          + ", ".join(f"{p.store_id} ({part.title})" for part, p in zip(parts, plans))
+                          + f" connected; stand-ins allow {quota} requests per {window:g} s")
+            outcomes = _send_and_wait(console, http, settings, parts, plans)
+            ok = _report(console, host, parts, plans, outcomes, time.monotonic() - started)
+            _widget_example(console, http, host, admin, parts[0].plugin, plans[0], web.url)
+        if keep_serving:
+            console.print("serving until Ctrl-C …")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        else:
+            console.print("  (the servers stop now; `opcore demo --keep-serving` keeps them up to try it)")
+    finally:
+        web.stop()
+        for part in parts:
+            part.stop()
+        host.close()
+    return 0 if ok else 1
+
+
+def _send_and_wait(console: Console, http: httpx.Client, settings: Settings, parts: list[DemoHelpdesk],
+                   plans: list[Plan]) -> list[Outcome]:
+    hook = {"x-webhook-secret": settings.webhook_secret.get_secret_value()}
+    events = _interleave(plans)
+    with Progress(TextColumn("{task.description:>22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:
+        sending = bar.add_task("events sent", total=len(events))
+        tasks = [(bar.add_task(f"{part.title} tickets", total=len(p.claims)),
+                  bar.add_task(f"{part.title} {part.finished_label}", total=len(p.finished)))
+                 for part, p in zip(parts, plans)]
+        for event in events:
+            http.post("/webhooks/orderprotection", json=event, headers=hook).raise_for_status()
+            bar.advance(sending)
+        deadline = time.monotonic() + 60
+        while True:
+            outcomes = [part.outcome(p) for part, p in zip(parts, plans)]
+            for (ticketing, finishing), seen in zip(tasks, outcomes):
+                bar.update(ticketing, completed=len(seen.tickets))
+                bar.update(finishing, completed=len(seen.finished))
+            done = all(len(seen.tickets) >= len(p.claims) and len(seen.finished) >= len(p.finished)
+                       for seen, p in zip(outcomes, plans))
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    if done:
+        time.sleep(0.5)  # anything extra (a duplicate) would show up now
+    return [part.outcome(p) for part, p in zip(parts, plans)]
+
+
+def _problems(part: DemoHelpdesk, p: Plan, seen: Outcome) -> list[str]:
+    problems = [f"{claim}: {len(seen.tickets.get(claim, []))} tickets" for claim in p.claims
+                if len(seen.tickets.get(claim, [])) != 1]
+    problems += [f"{claim}: finished but not {part.finished_label}" for claim in sorted(p.finished - seen.finished)]
+    problems += [f"{claim}: {part.finished_label} but never finished" for claim in sorted(seen.finished - p.finished)]
+    if seen.writes - part.allowed_writes:
+        problems.append(f"unexpected writes to {part.title}: {sorted(seen.writes - part.allowed_writes)}")
+    return problems
+
+
+def _report(console: Console, host: Any, parts: list[DemoHelpdesk], plans: list[Plan], outcomes: list[Outcome],
+            elapsed: float) -> bool:
+    summary = Table(title="opcore demo", show_header=True)
+    for column in ("helpdesk", "claims", "tickets", "finished", "paced waits", "rate-limited answers",
+                   "failures", "seconds"):
+        summary.add_column(column, justify="right")
+    problems: list[str] = []
+    for part, p, seen in zip(parts, plans, outcomes):
+        found = _problems(part, p, seen)
+        problems += [f"{part.title} {problem}" for problem in found]
+        stats = host.delivery(part.plugin).stats()
+        summary.add_row(part.title, str(len(p.claims)), str(sum(len(t) for t in seen.tickets.values())),
+                        f"{len(seen.finished)} {part.finished_label}",
+                        str(stats.get("paced_waits", 0) + stats.get("rate_limit_waits", 0)),
+                        str(seen.rate_limited), str(stats.get("dead_letters", 0) + len(found)), f"{elapsed:.1f}")
+    console.print(summary)
+    listing = Table(title="claim → ticket", show_header=True)
+    for column in ("claim", "helpdesk", "type", "ticket", "finished"):
+        listing.add_column(column)
+    for part, p, seen in zip(parts, plans, outcomes):
+        types = {e["body"]["claim_id"]: e["body"]["claim_type"] for e in p.events if e["topic"] == "claim.created"}
+        for claim_id in p.claims:
+            listing.add_row(claim_id, part.title, types[claim_id], ", ".join(seen.tickets.get(claim_id, [])) or "—",
+                            part.finished_label if claim_id in seen.finished else "")
+    console.print(listing)
+    if problems:
+        console.print("[bold red]FAILED[/]: " + "; ".join(problems))
+        return False
+    total = sum(len(p.claims) for p in plans)
+    console.print(f"[bold green]OK[/]: {total} claims, one ticket each in its own helpdesk; every finished claim "
+                  f"({', '.join(FINISHING)}) " + " or ".join(sorted({part.finished_label for part in parts})) + ".")
+    return True
+
+
+def _widget_example(console: Console, http: httpx.Client, host: Any, admin: dict[str, str], plugin: str, p: Plan,
+                    base_url: str) -> None:
+    panel = host.panel(plugin)
+    if panel is None:
+        return
+    widget = http.post(f"/internal/integrations/{plugin}/stores/{p.store_id}/widget", headers=admin).json()
+    example = panel.signed_request_example(p.store_id, CUSTOMERS[0][0], base_url)
+    header = "; ".join(f"{k}: {v}" for k, v in example["headers"].items())
+    console.print(f"\nWidget for {CUSTOMERS[0][0]} (signature valid until {example['valid_until']}):")
+    console.print(f"  curl -H '{header}' '{example['url']}'", soft_wrap=True)
+    console.print(f"  signing secret for this store: {widget['signing_secret'][:8]}… "
+                  f"(from POST /internal/integrations/{plugin}/stores/{p.store_id}/widget)")
+
+
+def register(cli: click.Group) -> None:
+    """``opcore demo``, over every loaded plugin that offers a demo part."""
+
+    @cli.command("demo")
+    @click.option("--claims", default=36, show_default=True, help="How many claims to send, shared by the helpdesks.")
+    @click.option("--quota", default=20, show_default=True, help="Stand-in requests per window.")
+    @click.option("--window", default=5.0, show_default=True, help="Stand-in quota window, seconds.")
+    @click.option("--helpdesk", "only", multiple=True, help="Only this plugin's part (repeatable); default: all.")
+    @click.option("--keep-serving", is_flag=True, help="Keep the app and stand-ins up to try the widget URL.")
+    def demo(claims: int, quota: int, window: float, only: tuple[str, ...], keep_serving: bool) -> None:
+        """Run the whole flow on this machine against local stand-ins of every helpdesk."""
+        from .plugins import load_plugins
+
+        loaded = load_plugins(allowlist=Settings().plugin_allowlist)
+        parts = [part for part in loaded.pm.hook.register_demo() if not only or part.plugin in only]
+        if not parts:
+            raise click.ClickException("no loaded plugin offers a demo" + (f" among {', '.join(only)}" if only else ""))
+        raise SystemExit(run(parts, claims, quota, window, keep_serving))
