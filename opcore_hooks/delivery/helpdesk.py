@@ -128,8 +128,10 @@ class Call(Generic[S]):
     """One request's context, handed to the request methods of a Helpdesk.
 
     ``store`` is the store's settings as ``load_store`` made them (None for a request made
-    outside delivery, such as a settings check). ``observe`` passes on what the helpdesk
-    said of its quota, so every worker's pacing follows it.
+    outside delivery, such as a settings check). ``observe(limit, remaining)`` passes on what
+    the helpdesk said of its quota, so every worker's pacing follows it: call it with the
+    headers of every answer except a rate limit's (its Retry-After is what counts, and its
+    remaining count of 0 would read as other apps spending the whole window).
     """
 
     store: S = field(repr=False)

@@ -85,7 +85,9 @@ class TemplateDesk(Helpdesk[StoreSettings]):
         """One request with the call's token; errors are left for ``classify`` (httpx's, by default)."""
         headers = {"Authorization": f"Bearer {call.scope}", **options.pop("headers", {})}
         response = self.http.request(method, self.settings.api_url.rstrip("/") + path, headers=headers, **options)
-        call.observe(_int(response.headers.get("x-ratelimit-limit")), _int(response.headers.get("x-ratelimit-remaining")))
+        if response.status_code != 429:  # a 429's remaining 0 says the window is spent, not who spent it
+            call.observe(_int(response.headers.get("x-ratelimit-limit")),
+                         _int(response.headers.get("x-ratelimit-remaining")))
         response.raise_for_status()
         return response.json() if response.content else {}
 

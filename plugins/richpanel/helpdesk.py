@@ -83,12 +83,17 @@ class Richpanel(Helpdesk[StoreConfig]):
         self.client(call, lambda c: c.snooze_ticket(ticket_id))
 
     def client(self, call: Call[Any], request: Callable[[RichpanelClient], T]) -> T:
-        """Send ``request`` with the call's key; Richpanel's rate-limit headers reach the pacing."""
-        client = session.client_for(self.host, call.scope)
+        """Send ``request`` with the call's key; Richpanel's rate-limit headers reach the pacing,
+        except a 429/492's (its Retry-After blocks the key; its remaining count of 0 says the
+        window is spent, not who spent it)."""
+        client, limited = session.client_for(self.host, call.scope), False
         try:
             return request(client)
+        except RichpanelRateLimited:
+            limited = True
+            raise
         finally:
-            if client.last_rate_limit is not None:
+            if client.last_rate_limit is not None and not limited:
                 call.observe(client.last_rate_limit.limit, client.last_rate_limit.remaining)
 
     def classify(self, exc: Exception) -> HelpdeskError | None:

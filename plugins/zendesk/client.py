@@ -83,7 +83,7 @@ class ZendeskClient:
 
     def _request(self, method: str, url: str, **options: Any) -> dict[str, Any]:
         response = self.http.request(method, url, auth=self._auth, **options)
-        if self._observe is not None:
+        if self._observe is not None and response.status_code != 429:  # a 429's remaining 0 says nothing of others
             self._observe(RateLimit.of(response))
         response.raise_for_status()
         body = response.json() if response.content else {}
