@@ -1,4 +1,4 @@
-"""Judging a chaos run once it has settled: from what Richpanel received, not from opcore's bookkeeping.
+"""Judging a chaos run once it has settled: from what the helpdesks received, not from opcore's bookkeeping.
 
 opcore's own records could agree with themselves and still be wrong, so the verdict comes from
 the sandbox (its tickets and its request log), from what a customer's widget panel shows, and
@@ -36,21 +36,21 @@ Tickets = dict[str, list[tuple[str, dict[str, Any]]]]  # claim id -> [(store, ti
 
 # -- opcore's state, polled while the run settles ---------------------------------------------
 
-def claim_records(r: redis.Redis, claims: list[Claim]) -> list[list[bytes | None]]:
-    """opcore's (ticket_id, snooze) record of each claim, in the order of ``claims``."""
+def claim_records(r: redis.Redis, claims: list[Claim], helpdesk_of: dict[str, str]) -> list[list[bytes | None]]:
+    """opcore's (ticket_id, finish) record of each claim in its store's helpdesk, in the order of ``claims``."""
     pipe = r.pipeline(transaction=False)
     for c in claims:
-        pipe.hmget(f"{NAMESPACE}:richpanel:claim:{c.store_id}:{c.claim_id}", "ticket_id", "finish")
+        pipe.hmget(f"{NAMESPACE}:{helpdesk_of[c.store_id]}:claim:{c.store_id}:{c.claim_id}", "ticket_id", "finish")
     return pipe.execute()
 
 
-def work_looks_done(r: redis.Redis, claims: list[Claim]) -> bool:
-    """opcore's own view (cheap to poll): every claim has a ticket id, every snooze is done.
+def work_looks_done(r: redis.Redis, claims: list[Claim], helpdesk_of: dict[str, str]) -> bool:
+    """opcore's own view (cheap to poll): every claim has a ticket id, every finish is done.
 
     Only used to stop the faults early; the verdict never trusts it.
     """
     try:
-        rows = claim_records(r, claims)
+        rows = claim_records(r, claims, helpdesk_of)
     except redis.RedisError:
         return False
     return all(t is not None and (not c.finished or s == b"done") for c, (t, s) in zip(claims, rows))
@@ -178,11 +178,66 @@ def _request_kind(method: str, path: str) -> str:
     return f"{method} {path}"
 
 
+# -- the Zendesk sandbox: tickets, pending, private comments, requests -------------------------
+
+_ZD_WRITES = {"POST /api/v2/tickets", "PUT /api/v2/tickets/{id}"}
+
+
+def _zendesk_kind(method: str, path: str) -> str:
+    """The request's route, or ``METHOD path`` for anything opcore has no business sending."""
+    rest = path.split("/api/v2/", 1)[-1]
+    if rest == "tickets" and method in ("POST", "GET"):
+        return "POST /api/v2/tickets" if method == "POST" else "GET /api/v2/tickets?external_id"
+    if method == "GET" and rest == "groups":
+        return "GET /api/v2/groups"
+    if method == "PUT" and rest.startswith("tickets/"):
+        return "PUT /api/v2/tickets/{id}"
+    return f"{method} {path}"
+
+
+def verify_zendesk(control: httpx.Client, claims: list[Claim], subdomain_of: dict[str, str],
+                   result: ChaosResult, *, accepted_at: dict[str, float] | None = None) -> None:
+    """Judge the Zendesk stores from the sandbox: one ticket per claim (by ``external_id``) in its own
+    account, ``pending`` exactly for finished claims, no public comment, nothing else written."""
+    accounts = {a["subdomain"]: a["tickets"] for a in control.get("/_sandbox/tickets").json()["accounts"]}
+    store_of = {sub: store for store, sub in subdomain_of.items()}
+    by_claim: dict[str, list[dict[str, Any]]] = {}
+    claim_ids = {c.claim_id: c for c in claims}
+    for subdomain, tickets in accounts.items():
+        for ticket in tickets:
+            result.zd_tickets += 1
+            claim = claim_ids.get(ticket.get("external_id") or "")
+            if claim is None or claim.store_id != store_of.get(subdomain):
+                result.zd_stray += 1
+                continue
+            by_claim.setdefault(claim.claim_id, []).append(ticket)
+            result.zd_public_comments += sum(1 for comment in ticket["comments"] if comment["public"])
+    result.zd_missing = sum(1 for c in claims if c.claim_id not in by_claim)
+    result.zd_duplicates = sum(1 for found in by_claim.values() if len(found) > 1)
+    result.zd_pending_expected = sum(c.finished for c in claims)
+    for c in claims:
+        pending = any(t["status"] == "pending" for t in by_claim.get(c.claim_id, []))
+        result.zd_pending_done += c.finished and pending
+        result.zd_unexpected_pending += (not c.finished) and pending
+    if accepted_at:
+        result.zd_ticket_seconds = percentiles([min(t["created_at"] for t in found) - accepted_at[claim_id]
+                                                for claim_id, found in by_claim.items() if claim_id in accepted_at])
+    for req in control.get("/_sandbox/requests").json()["requests"]:
+        kind = _zendesk_kind(req["method"], req["path"])
+        result.zendesk_requests[kind] = result.zendesk_requests.get(kind, 0) + 1
+        if req["method"] != "GET" and (kind not in _ZD_WRITES or (
+                kind.startswith("PUT") and req.get("body") != {"ticket": {"status": "pending"}})):
+            result.zd_unexpected_writes += 1
+        outcome = "dropped" if req.get("dropped") else str(req.get("status"))
+        if outcome in ("dropped", "500", "429"):
+            result.zd_injected[outcome] = result.zd_injected.get(outcome, 0) + 1
+
+
 # -- Redis: what must be absent -------------------------------------------------------------
 
-def judge_redis(r: redis.Redis, result: ChaosResult, claims: list[Claim]) -> None:
+def judge_redis(r: redis.Redis, result: ChaosResult, claims: list[Claim], helpdesk_of: dict[str, str]) -> None:
     """Dead letters (each needs a reason and a claim of the run), Dramatiq's DLQ, parked and queued work,
-    and opcore's per-claim record, which must agree with Richpanel once all is quiet."""
+    and opcore's per-claim record, which must agree with the helpdesks once all is quiet."""
     from opcore_hooks.deadletters import DeadLetters
 
     ids = {c.claim_id for c in claims}
@@ -193,27 +248,30 @@ def judge_redis(r: redis.Redis, result: ChaosResult, claims: list[Claim]) -> Non
             result.unexplained_dead_letters += 1
     for key in r.scan_iter(f"{NAMESPACE}:dramatiq:*.XQ"):
         result.dramatiq_dead += int(r.zcard(key))
-    for key in r.scan_iter(f"{NAMESPACE}:richpanel:parked:*"):
-        result.parked += int(r.llen(key))
+    for helpdesk in sorted(set(helpdesk_of.values())):
+        for key in r.scan_iter(f"{NAMESPACE}:{helpdesk}:parked:*"):
+            result.parked += int(r.llen(key))
     result.left_in_queues = sum(int(r.hlen(f"{NAMESPACE}:dramatiq:{q}.msgs")) for q in QUEUES)
-    for c, (ticket, snooze) in zip(claims, claim_records(r, claims)):
+    for c, (ticket, snooze) in zip(claims, claim_records(r, claims, helpdesk_of)):
         if ticket is None or (c.finished and snooze != b"done") or (not c.finished and snooze is not None):
             result.records_out_of_step += 1
             result.notes.append(f"claim {c.claim_id}: opcore records ticket={ticket!r} snooze={snooze!r}")
     stats = r.hgetall(f"{NAMESPACE}:richpanel:stats")
     result.delivery_stats = {k.decode(): int(v) for k, v in stats.items()}
+    stats = r.hgetall(f"{NAMESPACE}:zendesk:stats")
+    result.zendesk_stats = {k.decode(): int(v) for k, v in stats.items()}
 
 
 # -- the widget --------------------------------------------------------------------------------
 
 def check_widget_panels(http: httpx.Client, claims: list[Claim], signing: dict[str, str], result: ChaosResult,
-                        checked: Callable[[httpx.Response, str], httpx.Response]) -> None:
+                        checked: Callable[[httpx.Response, str], httpx.Response], helpdesk_of: dict[str, str]) -> None:
     """Every claim is in its customer's panel (signed JSON request), in the last state sent."""
     customers: dict[tuple[str, str], list[Claim]] = {}
     for c in claims:
         customers.setdefault((c.store_id, c.email), []).append(c)
     for (store, email), owned in customers.items():
-        path, query = f"/widgets/richpanel/{store}", urlencode({"email": email})
+        path, query = f"/widgets/{helpdesk_of[store]}/{store}", urlencode({"email": email})
         answer = checked(http.get(f"{path}?{query}", headers={
             "accept": "application/json", "X-OP-Signature": sign(signing[store], f"{path}?{query}", int(time.time()))}),
             "GET widget (final check)")

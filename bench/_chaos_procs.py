@@ -1,4 +1,5 @@
-"""The chaos run's processes: a private Redis, the faulty Richpanel sandbox, ``opcore serve``, two workers.
+"""The chaos run's processes: a private Redis, the faulty Richpanel and Zendesk sandboxes, ``opcore serve``,
+two workers.
 
 Everything runs as a real child process on loopback, as in production, so a SIGKILL here is
 what a crash is there. Processes are only ever signalled by the pid we started them with; the
@@ -24,8 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The OPCORE_NAMESPACE of the run: every key opcore writes starts with it.
 NAMESPACE = "opcore"
 DASHBOARD = "https://app.orderprotection.com"
-#: Dramatiq's queues for opcore's and the Richpanel plugin's actors, with their delay queues.
-QUEUES = ("opcore", "opcore.DQ", "richpanel", "richpanel.DQ")
+#: Dramatiq's queues for opcore's and the helpdesk plugins' actors, with their delay queues.
+QUEUES = ("opcore", "opcore.DQ", "richpanel", "richpanel.DQ", "zendesk", "zendesk.DQ")
+#: The Zendesk agent of every chaos account.
+ZENDESK_EMAIL = "agent@chaos.test"
 #: Out of a million broker commands, how many also run queue maintenance (10%, against Dramatiq's
 #: 0.1%): a killed worker's messages come back seconds after its heartbeat times out, not minutes.
 MAINTENANCE_CHANCE = 100_000
@@ -86,9 +89,14 @@ class Cluster:
     and tells the widget reader when Redis is away, so a 5xx then is judged as an outage answer.
     """
 
-    def __init__(self, tmp: Path, *, api_keys: list[str], opcore_settings: dict[str, str], quota: int,
-                 window: float, heartbeat_ms: int, threads: int) -> None:
+    def __init__(self, tmp: Path, *, api_keys: list[str], zendesk_tokens: dict[str, str],
+                 opcore_settings: dict[str, str], quota: int, window: float, heartbeat_ms: int, threads: int) -> None:
         self.redis_port, self.sandbox_port, self.serve_port = free_port(), free_port(), free_port()
+        self.zendesk_port = free_port()
+        self.zendesk_url = f"http://127.0.0.1:{self.zendesk_port}"
+        #: subdomain -> API token; each account's budget is twice the Richpanel quota a window, 30%
+        #: of it spent by the merchant's other apps.
+        self.zendesk_tokens, self.zendesk_plan, self.window = zendesk_tokens, 2 * quota, window
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.sandbox_url = f"http://127.0.0.1:{self.sandbox_port}"
         self.serve_url = f"http://127.0.0.1:{self.serve_port}"
@@ -102,23 +110,29 @@ class Cluster:
         for key in api_keys:
             sandbox_args += ["--account", key]
         self.sandbox = Proc("sandbox", opcore_cmd(*sandbox_args), process_env({}), tmp / "sandbox.log")
+        self.zendesk = Proc("zendesk", opcore_cmd("zendesk-sandbox", "--port", str(self.zendesk_port),
+                                                  "--error-rate", "0.05", "--drop-rate", "0.02", "--other-apps", "0.3"),
+                            process_env({}), tmp / "zendesk.log")
         env = process_env({
             **opcore_settings, "OPCORE_REDIS_URL": self.redis_url, "OPCORE_NAMESPACE": NAMESPACE,
             "OPCORE_DASHBOARD_URL": DASHBOARD, "OPCORE_HEARTBEAT_TIMEOUT_MS": str(heartbeat_ms),
             "OPCORE_BROKER_MAINTENANCE_CHANCE": str(MAINTENANCE_CHANCE),
             "OPCORE_RICHPANEL_API_URL": self.sandbox_url, "OPCORE_RICHPANEL_QUOTA": str(quota),
             "OPCORE_RICHPANEL_WINDOW_SECONDS": str(window), "OPCORE_RICHPANEL_TIMEOUT_SECONDS": "5",
+            "OPCORE_ZENDESK_API_URL": self.zendesk_url + "/{subdomain}", "OPCORE_ZENDESK_WINDOW_SECONDS": str(window),
+            "OPCORE_ZENDESK_TIMEOUT_SECONDS": "5",
         })
         self.serve = Proc("serve", opcore_cmd("--log-level", "INFO", "serve", "--port", str(self.serve_port)),
                           env, tmp / "serve.log")
         self.workers = [Proc(f"worker-{w}", opcore_cmd("--log-level", "INFO", "worker", "--processes", "1",
                                                        "--threads", str(threads)), env, tmp / f"worker-{w}.log")
                         for w in "AB"]
-        self.procs = [self.redis_proc, self.sandbox, self.serve, *self.workers]
+        self.procs = [self.redis_proc, self.sandbox, self.zendesk, self.serve, *self.workers]
         #: The harness's own client: settle checks, judging and the secret scan read through it.
         self.redis = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
         #: The sandbox's control API (configuration, tickets, request log).
         self.control = httpx.Client(base_url=self.sandbox_url, timeout=30)
+        self.zendesk_control = httpx.Client(base_url=self.zendesk_url, timeout=30)
         self.redis_up = threading.Event()
         self._redis_lock = threading.Lock()
         self._redis_back = 0.0  # monotonic time Redis last came back
@@ -131,6 +145,13 @@ class Cluster:
         self.sandbox.start()
         wait_port(self.sandbox_port, 30)
         self.control.put("/_sandbox/config", json={"seed": seed}).raise_for_status()
+        self.zendesk.start()
+        wait_port(self.zendesk_port, 30)
+        self.zendesk_control.put("/_sandbox/config", json={"seed": seed, "window": self.window}).raise_for_status()
+        for subdomain, token in self.zendesk_tokens.items():
+            self.zendesk_control.post("/_sandbox/accounts", json={
+                "subdomain": subdomain, "email": ZENDESK_EMAIL, "api_token": token, "plan": self.zendesk_plan,
+            }).raise_for_status()
         self.serve.start()
         wait_port(self.serve_port, 30)
         for w in self.workers:
@@ -187,3 +208,4 @@ class Cluster:
             pass
         self.redis_proc.stop()
         self.control.close()
+        self.zendesk_control.close()

@@ -51,6 +51,20 @@ class ChaosResult:
     delivery_stats: dict[str, int] = field(default_factory=dict)
     ingress_seconds: dict[str, float] = field(default_factory=dict)  # first try to 202/200, retries included
     ticket_seconds: dict[str, float] = field(default_factory=dict)  # claim.created accepted -> ticket in Richpanel
+    # Zendesk stores, judged from the Zendesk sandbox
+    zd_tickets: int = 0
+    zd_duplicates: int = 0
+    zd_missing: int = 0
+    zd_stray: int = 0
+    zd_pending_expected: int = 0
+    zd_pending_done: int = 0
+    zd_unexpected_pending: int = 0  # tickets pending whose claim never reached a finished state
+    zd_public_comments: int = 0  # a public comment would have emailed the customer
+    zd_unexpected_writes: int = 0
+    zd_injected: dict[str, int] = field(default_factory=dict)  # 500, dropped, and 429 (the budget's)
+    zendesk_requests: dict[str, int] = field(default_factory=dict)
+    zendesk_stats: dict[str, int] = field(default_factory=dict)
+    zd_ticket_seconds: dict[str, float] = field(default_factory=dict)
     settled: bool = False  # no message left in any queue (nothing more could happen)
     settle_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -80,6 +94,13 @@ class ChaosResult:
             "widget attacks not refused": self.widget.get("attack_accepted", 0),
             "claims missing from the widget": self.widget_claims_missing,
             "claims with a wrong state in the widget": self.widget_state_wrong,
+            "Zendesk claims without a ticket": self.zd_missing,
+            "Zendesk claims with duplicate tickets": self.zd_duplicates,
+            "stray Zendesk tickets": self.zd_stray,
+            "finished Zendesk claims not pending": self.zd_pending_expected - self.zd_pending_done,
+            "unexpected pending Zendesk tickets": self.zd_unexpected_pending,
+            "public comments in Zendesk": self.zd_public_comments,
+            "unexpected writes to Zendesk": self.zd_unexpected_writes,
         }
         found = [f"{name}: {count}" for name, count in checks.items() if count]
         if not self.settled:
@@ -96,7 +117,7 @@ class ChaosResult:
 
     def report(self) -> str:
         """The figures as the text the CLI prints and the CI log keeps, ending with the verdict."""
-        lines = self._delivery_lines() + self._fault_lines() + self._timing_lines()
+        lines = self._delivery_lines() + self._zendesk_lines() + self._fault_lines() + self._timing_lines()
         lines += [f"note: {n}" for n in self.notes]
         lines.append("RESULT: " + ("PASS" if self.ok else "FAIL: " + "; ".join(self.failures)))
         return "\n".join(lines)
@@ -115,6 +136,19 @@ class ChaosResult:
             f"Dramatiq DLQ: {self.dramatiq_dead}   parked: {self.parked}   left in queues: {self.left_in_queues}",
         ]
         return lines + [f"  dead letter {d['id']}: {d['reason']}" for d in self.dead_letters]
+
+    def _zendesk_lines(self) -> list[str]:
+        if not (self.zd_tickets or self.zd_missing):
+            return []
+        inj = self.zd_injected
+        return [
+            f"zendesk tickets: {self.zd_tickets}   duplicates: {self.zd_duplicates}   missing: {self.zd_missing}   "
+            f"stray: {self.zd_stray}   public comments: {self.zd_public_comments}",
+            f"zendesk pending: expected {self.zd_pending_expected}, done {self.zd_pending_done}   unexpected: "
+            f"{self.zd_unexpected_pending}   unexpected writes: {self.zd_unexpected_writes}",
+            f"zendesk answers: 500 {inj.get('500', 0)}, dropped {inj.get('dropped', 0)}, 429 (budget) "
+            f"{inj.get('429', 0)}; requests: " + ", ".join(f"{k} {v}" for k, v in sorted(self.zendesk_requests.items())),
+        ]
 
     def _fault_lines(self) -> list[str]:
         inj = self.injected
@@ -145,8 +179,12 @@ class ChaosResult:
             lines.append("event accepted after (first try to 202, retries included): " + _pcts(self.ingress_seconds))
         if self.ticket_seconds:
             lines.append("claim accepted to ticket in Richpanel: " + _pcts(self.ticket_seconds))
+        if self.zd_ticket_seconds:
+            lines.append("claim accepted to ticket in Zendesk: " + _pcts(self.zd_ticket_seconds))
         if self.delivery_stats:
             lines.append("delivery stats: " + ", ".join(f"{k} {v}" for k, v in sorted(self.delivery_stats.items())))
+        if self.zendesk_stats:
+            lines.append("zendesk delivery stats: " + ", ".join(f"{k} {v}" for k, v in sorted(self.zendesk_stats.items())))
         return lines
 
 

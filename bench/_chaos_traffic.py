@@ -141,8 +141,9 @@ class WidgetReader:
 
     def __init__(self, serve_url: str, seed: int, store_ids: list[str], signing: dict[str, str], sender: Sender,
                  *, redis_unsettled: Callable[[], bool], stop: threading.Event, counter: Counter,
-                 checked: Checked) -> None:
+                 checked: Checked, helpdesk_of: dict[str, str]) -> None:
         self.serve_url, self.store_ids, self.signing, self.sender = serve_url, store_ids, signing, sender
+        self.helpdesk_of = helpdesk_of
         self.redis_unsettled, self.stop, self.counter, self.checked = redis_unsettled, stop, counter, checked
         self.rng = random.Random(seed + 1)
 
@@ -153,7 +154,7 @@ class WidgetReader:
             claim = self.sender.random_sent_claim(self.rng)
             if claim is None:
                 continue
-            target = f"/widgets/richpanel/{claim.store_id}?{urlencode({'email': claim.email})}"
+            target = f"/widgets/{self.helpdesk_of[claim.store_id]}/{claim.store_id}?{urlencode({'email': claim.email})}"
             attack, headers = self._headers(claim, target)
             try:
                 answer = self.checked(client.get(target, headers=headers), "GET widget")
@@ -175,7 +176,8 @@ class WidgetReader:
                 "tampered": _tamper(sign(self.signing[store], target, now)),
                 "other_store": sign(self.signing[other], target, now),
                 "expired": sign(self.signing[store], target, now - 301),
-                "other_query": sign(self.signing[store], f"/widgets/richpanel/{store}?email=someone%40example.com", now),
+                "other_query": sign(self.signing[store], f"/widgets/{self.helpdesk_of[store]}/{store}"
+                                                         "?email=someone%40example.com", now),
             }[kind]
         else:
             header = sign(self.signing[store], target, now)

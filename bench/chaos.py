@@ -1,4 +1,4 @@
-"""Chaos run: nothing lost, nothing duplicated, no secret leaked, under crashes and a faulty Richpanel.
+"""Chaos run: nothing lost, nothing duplicated, no secret leaked, under crashes and faulty helpdesks.
 
 Everything runs as real processes on loopback, as in production:
 
@@ -7,9 +7,11 @@ Everything runs as real processes on loopback, as in production:
 - ``opcore richpanel-sandbox`` injecting 20-200 ms of latency, 5% 500s, 5% rate limits (the
   status flips between 429 and 492 every second, ``Retry-After`` alternating between seconds and
   an HTTP date) and 2% answers dropped after the work was done;
+- ``opcore zendesk-sandbox`` injecting 5% 500s and 2% answers dropped after the ticket was made,
+  each account's budget twice the Richpanel quota a window, 30% of it spent by other apps;
 - one ``opcore serve`` and two ``opcore worker --processes 1 --threads 8``.
 
-The harness configures S stores (one Richpanel account each) and provisions their widgets
+The harness configures S stores, half of them on Zendesk (one account each), and provisions their widgets
 through the internal API, then sends N claims as Order Protection would: half of them approved
 or resolved within a second of their creation (a few even before it), some changed to a state
 that must not snooze, about one event in ten delivered twice. The sender retries on 503 and on
@@ -19,9 +21,10 @@ restarted on the same port from its AOF. A widget reader loads signed panels thr
 unsigned or tampered ones, which must be refused).
 
 When the faults stop, the run waits for the system to settle on its own, then judges it from
-what the sandbox received (not from opcore's bookkeeping): every claim has exactly one ticket in
-its store's account, every approved or resolved claim is snoozed after its ticket, no other
-ticket is snoozed, nothing but tickets and snoozes was written, every dead letter has a reason,
+what each sandbox received (not from opcore's bookkeeping): every claim has exactly one ticket in
+its store's account, every approved or resolved claim is snoozed (Richpanel) or pending (Zendesk)
+after its ticket, no other ticket is, no Zendesk comment is public, nothing but tickets and
+their finishing calls was written, every dead letter has a reason,
 nothing is left queued, parked or in Dramatiq's own dead-letter queue, and the stores' API keys
 and widget signing secrets appear in no Redis key or value (nor the AOF), no log, no cassette
 and no HTTP answer (other than the provisioning answer that hands the secret over).
@@ -62,9 +65,9 @@ if str(ROOT) not in sys.path:
 
 from bench._chaos_faults import Faults  # noqa: E402
 from bench._chaos_judge import (SecretScanner, check_widget_panels, judge_redis, queued_messages,  # noqa: E402
-                                scan_redis, verify_sandbox, work_looks_done)
+                                scan_redis, verify_sandbox, verify_zendesk, work_looks_done)
 from bench._chaos_plan import Claim, Send, build_plan  # noqa: E402
-from bench._chaos_procs import MAINTENANCE_CHANCE, Cluster, Proc  # noqa: E402
+from bench._chaos_procs import MAINTENANCE_CHANCE, ZENDESK_EMAIL, Cluster, Proc  # noqa: E402
 from bench._chaos_result import ChaosResult, percentiles  # noqa: E402
 from bench._chaos_traffic import Counter, Sender, WidgetReader  # noqa: E402
 from bench._servers import machine  # noqa: E402
@@ -124,10 +127,19 @@ class _Run:
         self.threads: list[threading.Thread] = []
 
         self.store_ids = [f"chaos-{self.run_id}-store-{s}" for s in range(stores)]
-        self.api_keys = {s: "rp_chaos_" + secrets.token_urlsafe(24) for s in self.store_ids}
+        # Stores 0 and 1 on Richpanel, 2 and 3 on Zendesk, and so on: the plan finishes the claims of
+        # every other store (claim i goes to store i % S, finished when i is even), so both
+        # helpdesks get finished claims and others.
+        self.helpdesk_of = {s: ("zendesk" if (i // 2) % 2 else "richpanel") for i, s in enumerate(self.store_ids)}
+        self.api_keys = {s: "rp_chaos_" + secrets.token_urlsafe(24) for s in self.store_ids
+                         if self.helpdesk_of[s] == "richpanel"}
+        self.subdomain_of = {s: f"chaos-{self.run_id}-{i}" for i, s in enumerate(self.store_ids)
+                             if self.helpdesk_of[s] == "zendesk"}
+        self.zendesk_tokens = {s: "zd_chaos_" + secrets.token_urlsafe(24) for s in self.subdomain_of}
         self.webhook_secret, admin_token, master_key = (secrets.token_urlsafe(24), secrets.token_urlsafe(24),
                                                         generate_master_key())
         self.cluster = Cluster(self.tmp, api_keys=list(self.api_keys.values()), quota=quota, window=window,
+                               zendesk_tokens={self.subdomain_of[s]: t for s, t in self.zendesk_tokens.items()},
                                heartbeat_ms=heartbeat_ms, threads=threads, opcore_settings={
                                    "OPCORE_WEBHOOK_SECRET": self.webhook_secret, "OPCORE_ADMIN_TOKEN": admin_token,
                                    "OPCORE_MASTER_KEY": master_key})
@@ -135,6 +147,7 @@ class _Run:
                                  f"OPCORE_BROKER_MAINTENANCE_CHANCE={MAINTENANCE_CHANCE} (10%)")
         self.scanner = SecretScanner({
             **{f"API key of {s}": k for s, k in self.api_keys.items()},
+            **{f"Zendesk token of {s}": t for s, t in self.zendesk_tokens.items()},
             "webhook secret": self.webhook_secret, "admin token": admin_token, "master key": master_key,
         })
         self.http = httpx.Client(base_url=self.cluster.serve_url, timeout=10, limits=httpx.Limits(max_connections=64))
@@ -157,8 +170,11 @@ class _Run:
     def _provision(self, store: str) -> None:
         """Save the store's settings (retried: the key check meets the sandbox's faults), provision its widget."""
         checked = self.scanner.scan_answer
-        body = {"api_key": self.api_keys[store], "default_channel": "email", "enabled": True}
-        path = f"/internal/integrations/richpanel/stores/{store}"
+        if self.helpdesk_of[store] == "zendesk":
+            body = {"subdomain": self.subdomain_of[store], "email": ZENDESK_EMAIL, "api_token": self.zendesk_tokens[store]}
+        else:
+            body = {"api_key": self.api_keys[store], "default_channel": "email", "enabled": True}
+        path = f"/internal/integrations/{self.helpdesk_of[store]}/stores/{store}"
         for _ in range(40):
             answer = checked(self.http.put(path, json=body, headers=self.admin), "PUT settings")
             if answer.status_code == 200:
@@ -180,7 +196,7 @@ class _Run:
         t0 = time.time() + 1.0
         self.claims, sends = build_plan(self.n, self.store_ids, self.rng, self.run_id, self.rate, t0)
         self.result.events_planned = len(sends)
-        self.result.snoozes_expected = sum(c.finished for c in self.claims)
+        self.result.snoozes_expected = sum(c.finished for c in self.claims if self.helpdesk_of[c.store_id] == "richpanel")
         self.sender = Sender(self.http, sends, self.claims, t0=t0, webhook_secret=self.webhook_secret,
                              timeout=self.timeout, stop=self.stop, counter=self.counter,
                              checked=self.scanner.scan_answer, notes=self.result.notes)
@@ -188,7 +204,7 @@ class _Run:
                              redis_restart=redis_restart, stop=self.stop, counter=self.counter, progress=self.progress)
         reader = WidgetReader(self.cluster.serve_url, self.seed, self.store_ids, self.signing, self.sender,
                               redis_unsettled=self.cluster.redis_unsettled, stop=self.stop, counter=self.counter,
-                              checked=self.scanner.scan_answer)
+                              checked=self.scanner.scan_answer, helpdesk_of=self.helpdesk_of)
         self.faults.on.set()
         for name, target in (("sender", self.sender.run), ("chaos_monkey", self.faults.chaos_monkey),
                              ("flip_limit_status", self.faults.flip_limit_status), ("widget_reader", reader.run)):
@@ -208,7 +224,7 @@ class _Run:
         self._log(f"all events sent after {sent_at - self.started:.1f} s; "
                   f"{self.counter.get('accepted')} accepted, faults go on for up to {fault_seconds:g} s")
         while time.monotonic() < min(self.deadline, sent_at + fault_seconds):
-            if work_looks_done(self.cluster.redis, self.claims):
+            if work_looks_done(self.cluster.redis, self.claims, self.helpdesk_of):
                 break
             time.sleep(0.5)
 
@@ -260,11 +276,14 @@ class _Run:
         result.events_duplicate = counter.get("duplicate")
         result.events_failed = counter.get("failed") + counter.get("refused")
         result.send_retries = counter.get("send_retries")
-        verify_sandbox(self.cluster.control, self.claims, self.api_keys, result, dry=False,
+        on = {h: [c for c in self.claims if self.helpdesk_of[c.store_id] == h] for h in ("richpanel", "zendesk")}
+        verify_sandbox(self.cluster.control, on["richpanel"], self.api_keys, result, dry=False,
+                       accepted_at=self.sender.accepted_at)
+        verify_zendesk(self.cluster.zendesk_control, on["zendesk"], self.subdomain_of, result,
                        accepted_at=self.sender.accepted_at)
         result.ingress_seconds = percentiles(self.sender.ingress_latency)
-        judge_redis(r, result, self.claims)
-        check_widget_panels(self.http, self.claims, self.signing, result, self.scanner.scan_answer)
+        judge_redis(r, result, self.claims, self.helpdesk_of)
+        check_widget_panels(self.http, self.claims, self.signing, result, self.scanner.scan_answer, self.helpdesk_of)
         result.widget = WidgetReader.figures(counter)
         if result.widget["outage_other"]:
             result.notes.append(f"FINDING: while Redis was down the widget answered {result.widget['outage_other']} "
