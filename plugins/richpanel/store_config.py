@@ -53,6 +53,15 @@ class SettingsUpdate(BaseModel):
     default_team_id: str | None = None
     default_channel: str | None = None
     enabled: StrictBool | None = None
+    #: The contract's note mirror (issue #15) is not built yet: ``false`` is accepted, ``true`` refused.
+    mirror_messages: StrictBool | None = None
+
+    @field_validator("mirror_messages")
+    @classmethod
+    def _no_mirror_yet(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("the note mirror is not available yet: send false or leave mirror_messages out")
+        return value
 
     @field_validator("api_key")
     @classmethod

@@ -366,7 +366,7 @@ def view(config: StoreConfig) -> dict[str, Any]:
     return {"store_id": config.store_id,
             "api_key": mask(config.api_key.get_secret_value()) if config.api_key else None,
             "connected": config.api_key is not None, "default_team_id": config.default_team_id,
-            "default_channel": config.default_channel, "enabled": config.enabled,
+            "default_channel": config.default_channel, "enabled": config.enabled, "mirror_messages": False,
             **health, "health": health}
 
 

@@ -63,6 +63,15 @@ class SettingsUpdate(BaseModel):
     api_token: SecretStr | None = None
     default_group_id: StrictInt | None = None
     enabled: StrictBool | None = None
+    #: The contract's note mirror (issue #15) is not built yet: ``false`` is accepted, ``true`` refused.
+    mirror_messages: StrictBool | None = None
+
+    @field_validator("mirror_messages")
+    @classmethod
+    def _no_mirror_yet(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("the note mirror is not available yet: send false or leave mirror_messages out")
+        return value
 
     @field_validator("subdomain")
     @classmethod
@@ -291,7 +300,7 @@ def view(config: StoreConfig) -> dict[str, Any]:
     """What an admin may see: the token masked."""
     return {"store_id": config.store_id, "subdomain": config.subdomain, "email": config.email,
             "api_token": mask(config.api_token.get_secret_value()) if config.api_token else None,
-            "default_group_id": config.default_group_id, "enabled": config.enabled,
+            "default_group_id": config.default_group_id, "enabled": config.enabled, "mirror_messages": False,
             "credentials": config.credentials,
             "checked_at": config.checked_at.isoformat() if config.checked_at else None,
             "last_error": config.last_error}

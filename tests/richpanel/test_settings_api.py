@@ -188,3 +188,10 @@ def test_every_route_refuses_a_missing_or_wrong_token(call, method, path, header
     answer = call.client.request(method, URL + path, headers=headers, json={"api_key": KEY})
     assert answer.status_code == 401
     assert call("GET").status_code == 404  # the refused PUT saved nothing
+
+
+def test_mirror_messages_false_is_accepted_and_true_is_refused_until_the_mirror_exists(call):
+    answer = call("PUT", json={"api_key": KEY, "default_channel": "email", "enabled": True, "mirror_messages": False})
+    assert answer.status_code == 200 and answer.json()["mirror_messages"] is False
+    refused = call("PUT", json={"mirror_messages": True})
+    assert refused.status_code == 422 and "mirror" in refused.json()["error"]

@@ -279,3 +279,14 @@ def test_a_group_changed_between_a_lost_answer_and_its_retry_still_gives_one_tic
     claim_id = event["body"]["claim_id"]
     settle(host, worker, lambda: host.delivery("zendesk").ticket_id(STORE, claim_id), timeout=30)
     assert len(sandbox.state.tickets(SUBDOMAIN)) == 1 and host.dead_letters.count() == 0
+
+
+def test_the_contracts_example_body_is_accepted_and_the_mirror_cannot_be_turned_on_yet(make_host, sandbox):
+    host = make_host({"zendesk": plugin})
+    with TestClient(create_app(host)) as client:
+        body = {"subdomain": SUBDOMAIN, "email": EMAIL, "api_token": TOKEN, "default_group_id": None,
+                "enabled": True, "mirror_messages": False}
+        saved = client.put(URL, headers=ADMIN, json=body)
+        assert saved.status_code == 200 and saved.json()["mirror_messages"] is False
+        refused = client.put(URL, headers=ADMIN, json={**body, "mirror_messages": True})
+        assert refused.status_code == 422 and "mirror" in refused.json()["error"]
