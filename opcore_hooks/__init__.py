@@ -30,6 +30,7 @@ from .events import (
     OrderUpserted,
 )
 from .hookspecs import hookimpl
+from .ids import id_problem
 from .host import Host
 from .panel import Panel
 from .readmodel import CustomerContext
@@ -61,5 +62,6 @@ __all__ = [
     "Routes",
     "classify_http",
     "hookimpl",
+    "id_problem",
     "read_json",
 ]

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
+from .ids import Identifier
+
 
 class ClaimType(StrEnum):
     DAMAGED = "DAMAGED"
@@ -122,8 +124,8 @@ def _ids(snake: str, camel: str) -> Any:
 
 
 class ClaimCreated(_Open):
-    store_id: NonEmpty = _ids("store_id", "storeId")
-    claim_id: NonEmpty = _ids("claim_id", "claimId")
+    store_id: Identifier = _ids("store_id", "storeId")
+    claim_id: Identifier = _ids("claim_id", "claimId")
     claim_number: str | None = None
     order_id: str | None = None
     source_order_id: str | None = None
@@ -139,15 +141,15 @@ class ClaimCreated(_Open):
 class ClaimStatusChanged(_Open):
     """One shape for ``claim.state_changed``, ``claim.approved`` and ``claim.denied``."""
 
-    store_id: NonEmpty = _ids("store_id", "storeId")
-    claim_id: NonEmpty = _ids("claim_id", "claimId")
+    store_id: Identifier = _ids("store_id", "storeId")
+    claim_id: Identifier = _ids("claim_id", "claimId")
     claim_state: ClaimState
     previous_state: ClaimState | None = None
     resolutions: list[dict[str, Any]] = []
 
 
 class OrderUpserted(_Open):
-    store_id: NonEmpty = _ids("store_id", "storeId")
+    store_id: Identifier = _ids("store_id", "storeId")
     customer: CustomerWithEmail
     order: Order
 

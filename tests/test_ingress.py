@@ -200,3 +200,15 @@ def test_broker_down_is_503_and_the_event_is_not_marked_seen(settings):
 
 def test_the_contract_example_is_accepted_verbatim(client, host):
     assert client.post(URL, json=CLAIM_CREATED, headers=HEADERS).status_code == 202
+
+
+@pytest.mark.parametrize("field,value", [("store_id", "shop:eu"), ("store_id", "s" * 129), ("store_id", "shop 1"),
+                                         ("claim_id", "claim\nforged log line"), ("claim_id", "c/../../x"),
+                                         ("claim_id", "")])
+def test_ids_outside_the_id_rule_are_422_naming_the_field_and_nothing_is_queued(client, host, field, value):
+    # Ids become parts of Redis keys, URLs and log lines: 'shop:eu' would share keys with store 'shop'.
+    event = claim_created(**{field: value})
+    answer = client.post(URL, json=event, headers=HEADERS)
+    assert answer.status_code == 422
+    assert field in json.dumps(answer.json()["details"])
+    assert queued(host) == []

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..crypto import DecryptionError
+from ..ids import id_problem
 from ..signing import HEADER, WINDOW, SignatureError, join, sign, verify
 from . import render
 from .secrets import WidgetSecrets, utc
@@ -62,6 +63,8 @@ def widget_routes(host: Host, plugin: str, secrets: WidgetSecrets, headers: dict
 
     async def panel(request: Request) -> Response:
         store_id, now = request.path_params["store_id"], time.time()
+        if problem := id_problem("store_id", store_id):
+            return refuse(422, problem)
         email = request.query_params.get("email", "").strip().lower()
         pipe = host.redis.pipeline(transaction=False)  # secrets and context version: one round trip
         pipe.hgetall(secrets.key(store_id))
@@ -105,8 +108,9 @@ def widget_routes(host: Host, plugin: str, secrets: WidgetSecrets, headers: dict
 def internal_routes(plugin: str, secrets: WidgetSecrets) -> list[Route]:
     async def provision_widget(request: Request) -> JSONResponse:
         store_id = request.path_params["store_id"]
-        if len(store_id) > 512 or not store_id.isprintable():
-            return JSONResponse({"error": "store id must be at most 512 printable characters"}, status_code=422)
+        if problem := id_problem("store_id", store_id):
+            return JSONResponse({"error": problem, "details": [{"field": "store_id", "message": problem}]},
+                                status_code=422)
         made = secrets.provision(store_id)
         return JSONResponse({
             "widget_url": str(request.base_url).rstrip("/") + widget_path(plugin, store_id),

@@ -32,6 +32,7 @@ from opcore_hooks import (
     RateLimited,
     Routes,
     hookimpl,
+    id_problem,
     read_json,
 )
 
@@ -107,6 +108,8 @@ def _check(host: Host, token: str) -> None:
 
 def configure(host: Host, store_id: str, update: stores.SettingsUpdate) -> stores.StoreSettings:
     """Check the token (given, or stored and enabled), save, and release work parked on a bad one."""
+    if problem := id_problem("store_id", store_id):  # it becomes part of Redis keys and URLs
+        raise SettingsRefused(problem)
     current = stores.read(host, NAME, store_id)
     token = update.api_token or (current.api_token if current else None)
     if token is None:

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from opcore_hooks import CredentialsCheck, Host
 from opcore_hooks.crypto import DecryptionError
+from opcore_hooks.ids import id_problem
 
 from opcore_hooks import CredentialsRejected, HelpdeskError, RateLimited
 
@@ -201,9 +202,9 @@ def _check_team(team_id: str, teams: list[Team]) -> str:
 
 
 def _check_store_id(store_id: str) -> None:
-    if not (0 < len(store_id) <= 200 and store_id.isprintable() and not any(c.isspace() for c in store_id)):
-        raise SettingsError("the store id must be 1 to 200 printable characters without spaces",
-                            [{"field": "store_id", "message": "invalid store id"}])
+    problem = id_problem("store_id", store_id)
+    if problem:
+        raise SettingsError(problem, [{"field": "store_id", "message": problem}])
 
 
 def update(host: Host, store_id: str, changes: SettingsUpdate) -> StoreConfig:

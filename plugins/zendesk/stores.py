@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, StrictInt, Va
 
 from opcore_hooks import CredentialsRejected, HelpdeskError, Host, RateLimited, Refused
 from opcore_hooks.crypto import DecryptionError
+from opcore_hooks.ids import id_problem
 
 from .client import SUBDOMAIN, Group
 
@@ -232,6 +233,9 @@ def update(host: Host, store_id: str, changes: SettingsUpdate) -> StoreConfig:
     Zendesk is asked whenever credentials or a group are given or the result is enabled, so an
     enabled store always holds credentials that worked when they were saved.
     """
+    problem = id_problem("store_id", store_id)
+    if problem:
+        raise SettingsError(problem, [{"field": "store_id", "message": problem}])
     key = settings_key(host, store_id)
     for _ in range(3):
         with host.redis.pipeline(transaction=True) as pipe:
