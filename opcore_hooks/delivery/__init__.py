@@ -19,7 +19,7 @@ from .helpdesk import (
     Refused,
     Transient,
     classify_http,
-    retry_after_seconds,
+    parse_retry_after,
 )
 
 __all__ = [
@@ -34,5 +34,5 @@ __all__ = [
     "Refused",
     "Transient",
     "classify_http",
-    "retry_after_seconds",
+    "parse_retry_after",
 ]

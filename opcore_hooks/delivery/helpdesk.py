@@ -16,9 +16,11 @@ methods in the manner of Singer's ``RESTStream`` or Airbyte's ``HttpStream``:
 
 from __future__ import annotations
 
-import email.utils
+import math
 import time
 from dataclasses import dataclass, field
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Callable, ClassVar, Generic, TypeVar
 
 import httpx
@@ -62,20 +64,29 @@ class Refused(HelpdeskError):
     """The helpdesk refused this request for good (a 400, a 404): a dead letter, with this reason."""
 
 
-def retry_after_seconds(value: str | None, default: float = 1.0, now: float | None = None) -> float:
-    """``Retry-After`` as seconds from now: a number of seconds or an HTTP date; ``default`` when absent or odd."""
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After given as delta-seconds or an HTTP date (RFC 9110).
+
+    Returns None when the header is absent or unreadable so the caller can pick its own default.
+    """
     if value is None or not value.strip():
-        return default
-    value = value.strip()
+        return None
+    text = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(text)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return default
-    return max(0.0, when - (time.time() if now is None else now))
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:  # HTTP dates are GMT by definition
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
 
 
 def classify_http(exc: Exception) -> HelpdeskError | None:
@@ -92,7 +103,8 @@ def classify_http(exc: Exception) -> HelpdeskError | None:
         response, status = exc.response, exc.response.status_code
         said = f"{exc.request.method} answered {status}"
         if status == 429:
-            return RateLimited(said, retry_after_seconds(response.headers.get("retry-after")))
+            wait = parse_retry_after(response.headers.get("retry-after"))
+            return RateLimited(said, 1.0 if wait is None else wait)
         if status == 401:
             return CredentialsRejected(said)
         if 400 <= status < 500:

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import timezone
-from email.utils import parsedate_to_datetime
 from importlib.metadata import version as _version
 from typing import Any, Callable
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from opcore_hooks.delivery import parse_retry_after
 
 DEFAULT_RETRY_AFTER = 30.0
 """Used when a rate-limited answer has no usable Retry-After: Richpanel's window is 30 s."""
@@ -71,31 +69,6 @@ class ServerError(RichpanelError):
 
 class TransportError(RichpanelError):
     """No answer (timeout, refused, dropped): Richpanel may or may not have acted on the request."""
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After given as delta-seconds or an HTTP date (RFC 9110).
-
-    Returns None when the header is absent or unreadable so the caller can pick its own default.
-    """
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        if when.tzinfo is None:  # HTTP dates are GMT by definition
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, ValidationError, field_validator
 
+from opcore_hooks.fields import MirrorMessages
+
 FIELD = "api_key"  # the vault binds the ciphertext to this field name
 CHANNELS = ("email", "message", "twilio-sms", "attentive", "aircall", "facebook_message",
             "instagram", "facebook_feed_comment")
@@ -53,15 +55,7 @@ class SettingsUpdate(BaseModel):
     default_team_id: str | None = None
     default_channel: str | None = None
     enabled: StrictBool | None = None
-    #: The contract's note mirror (issue #15) is not built yet: ``false`` is accepted, ``true`` refused.
-    mirror_messages: StrictBool | None = None
-
-    @field_validator("mirror_messages")
-    @classmethod
-    def _no_mirror_yet(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("the note mirror is not available yet: send false or leave mirror_messages out")
-        return value
+    mirror_messages: MirrorMessages = None  # false only, until the note mirror exists
 
     @field_validator("api_key")
     @classmethod

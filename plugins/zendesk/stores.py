@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, StrictInt, Va
 
 from opcore_hooks import CredentialsRejected, HelpdeskError, Host, RateLimited, Refused
 from opcore_hooks.crypto import DecryptionError
+from opcore_hooks.fields import MirrorMessages
 from opcore_hooks.ids import id_problem
 
 from .client import SUBDOMAIN, Group
@@ -64,15 +65,7 @@ class SettingsUpdate(BaseModel):
     api_token: SecretStr | None = None
     default_group_id: StrictInt | None = None
     enabled: StrictBool | None = None
-    #: The contract's note mirror (issue #15) is not built yet: ``false`` is accepted, ``true`` refused.
-    mirror_messages: StrictBool | None = None
-
-    @field_validator("mirror_messages")
-    @classmethod
-    def _no_mirror_yet(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("the note mirror is not available yet: send false or leave mirror_messages out")
-        return value
+    mirror_messages: MirrorMessages = None  # false only, until the note mirror exists
 
     @field_validator("subdomain")
     @classmethod

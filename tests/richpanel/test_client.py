@@ -10,6 +10,7 @@ from email.utils import formatdate
 import httpx
 import pytest
 
+from opcore_hooks.delivery import parse_retry_after
 from plugins.richpanel.client import (
     AuthError,
     ClientError,
@@ -20,7 +21,6 @@ from plugins.richpanel.client import (
     ServerError,
     Team,
     TransportError,
-    parse_retry_after,
 )
 
 KEY = "rp_live_S3cretKeyValue_9f3a"
