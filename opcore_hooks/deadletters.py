@@ -14,6 +14,8 @@ import dramatiq
 import redis
 from pydantic import BaseModel
 
+from . import keys
+
 
 class DeadLetter(BaseModel):
     id: str
@@ -42,7 +44,7 @@ class DeadLetters:
         store_id: str | None = None,
         claim_id: str | None = None,
     ) -> DeadLetter:
-        ident = f"{actor}:{store_id or '-'}:{claim_id or time.time_ns()}"
+        ident = keys.join(actor, store_id or "-", claim_id or str(time.time_ns()))
         entry = DeadLetter(
             id=ident, actor=actor, args=list(args), kwargs=kwargs or {},
             store_id=store_id, claim_id=claim_id, reason=reason, at=time.time(),

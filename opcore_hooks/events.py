@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
-from .ids import Identifier
+from .ids import Email, Identifier
 
 
 class ClaimType(StrEnum):
@@ -88,7 +88,7 @@ class Customer(_Open):
 
 
 class CustomerWithEmail(Customer):
-    email: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    email: Email
 
 
 class LineItem(_Open):

@@ -18,6 +18,7 @@ import redis
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from . import keys
 from .broker import Broker
 from .config import ConfigError, Settings
 from .deadletters import DeadLetters
@@ -87,8 +88,12 @@ class Host:
 
     # -- names -------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
-        """A Redis key in this deployment's namespace; every key opcore writes goes through here."""
-        return ":".join((self.settings.namespace, *parts))
+        """A Redis key in this deployment's namespace; every key opcore writes goes through here.
+
+        Each part is encoded (``opcore_hooks.keys``), so an id or email holding ``:`` cannot
+        name another store's key.
+        """
+        return keys.join(self.settings.namespace, *parts)
 
     def claim_url(self, claim_id: str) -> str:
         return self.settings.claim_url(claim_id)

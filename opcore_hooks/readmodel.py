@@ -22,6 +22,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
+from . import keys
 from .config import Settings
 from .events import ClaimCreated, ClaimStatusChanged, Customer, Order, OrderUpserted
 from .store import pinned
@@ -234,7 +235,7 @@ class ReadModel:
         self._read = client.register_script(_READ)
 
     def _k(self, store_id: str, *parts: str) -> str:
-        return ":".join((self.prefix, store_id, *parts))
+        return keys.join(self.prefix, store_id, *parts)
 
     def version_key(self, store_id: str, email: str) -> str:
         """The counter every change to this customer's context bumps (absent until the first).

@@ -28,7 +28,7 @@ def order_upserted(number: str, placed_at: str, *, email: str = "ana@example.com
 def snapshot(host) -> dict:
     r = host.redis
     out = {}
-    for key in sorted(r.scan_iter(match=host.key("rm", "*"))):
+    for key in sorted(r.scan_iter(match=host.key("rm") + ":*")):
         kind = r.type(key)
         out[key] = r.hgetall(key) if kind == b"hash" else r.get(key)
     return out

@@ -62,13 +62,13 @@ def test_malformed(header):
     assert reason(header) == "malformed"
 
 
-@pytest.mark.parametrize("skew", [301, -301, 10_000])
+@pytest.mark.parametrize("skew", [31, 301, -301, 10_000])
 def test_expired_in_both_directions(skew):
     header = sign(SECRET, f"{PATH}?{QUERY}", NOW + skew)
     assert reason(header) == "expired"
 
 
-@pytest.mark.parametrize("skew", [300, -300, 0])
+@pytest.mark.parametrize("skew", [30, -300, 0])
 def test_the_window_edges_still_pass(skew):
     assert reason(sign(SECRET, f"{PATH}?{QUERY}", NOW + skew)) is None
 

@@ -1,18 +1,28 @@
 """The widget panel every helpdesk plugin can have: a customer's recent orders and claims.
 
 A plugin declares it by returning a :class:`Panel` from ``register_panel``; the host then
-serves the signed panel at ``/widgets/<plugin>/{store_id}``, its provisioning at
-``/internal/integrations/<plugin>/stores/{store_id}/widget``, reseals its secrets on
-``opcore keys rotate``, and asks the plugin's ``widget_context`` hook to shape what it shows.
-Signing secrets live in ``secrets.py``, HTML and headers in ``render.py``, HTTP in ``routes.py``.
+serves the panel at ``/widgets/<plugin>/{store_id}`` (to a plain iframe holding the store's
+``iframe_url``, or to a signed request), its provisioning and revocation at
+``/internal/integrations/<plugin>/stores/{store_id}/widget``, revokes it when the plugin's
+store settings are deleted, reseals its secrets on ``opcore keys rotate``, and asks the
+plugin's ``widget_context`` hook to shape what it shows. Signing secrets and iframe tokens
+live in ``secrets.py``, HTML and headers in ``render.py``, HTTP in ``routes.py``.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from starlette.routing import Route
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ..ids import id_problem
 
 from . import routes
 from .render import security_headers
@@ -22,6 +32,8 @@ if TYPE_CHECKING:
     from ..host import Host
 
 __all__ = ["GRACE_SECONDS", "Panel", "Provisioned", "WidgetPanel"]
+
+log = logging.getLogger("opcore.panel")
 
 
 @dataclass(frozen=True)
@@ -50,8 +62,44 @@ class WidgetPanel:
     def internal_routes(self) -> list[Route]:
         return routes.internal_routes(self.plugin, self.secrets)
 
-    def provision(self, store_id: str, now: float | None = None) -> Provisioned:
-        return self.secrets.provision(store_id, now)
+    def provision(self, store_id: str, now: float | None = None, revoke_previous: bool = False) -> Provisioned:
+        return self.secrets.provision(store_id, now, revoke_previous)
+
+    def revoke(self, store_id: str) -> bool:
+        """End the store's secrets and iframe URLs at once; whether it had a widget."""
+        return self.secrets.revoke(store_id)
+
+    def iframe_url(self, store_id: str, base_url: str, now: float | None = None) -> str:
+        """The store's current iframe URL template (``{email}`` still in it); LookupError if none."""
+        found = self.secrets.active(store_id, time.time() if now is None else now)
+        if not found:
+            raise LookupError(f"store {store_id!r} has no widget; provision it first")
+        return routes.iframe_url(self.plugin, store_id, found[0], base_url)
+
+    def revoking_on_store_delete(self, plugin_routes: list[BaseRoute]) -> list[BaseRoute]:
+        """The plugin's internal routes, with its ``DELETE /stores/{store_id}`` also revoking the widget.
+
+        The contract makes deleting a store's settings end its widget; doing it here means no
+        plugin can forget to. The widget is revoked first, so a settings delete that fails
+        half-way still leaves no way into the store's customers.
+        """
+        wrapped: list[BaseRoute] = []
+        for route in plugin_routes:
+            if (isinstance(route, Route) and route.path == "/stores/{store_id}" and "DELETE" in (route.methods or ())):
+                route = Route(route.path, self._revoke_first(route.endpoint), methods=["DELETE"], name=route.name)
+            wrapped.append(route)
+        return wrapped
+
+    def _revoke_first(self, endpoint: Any) -> Any:
+        async def delete_store(request: Request) -> Response:
+            store_id = request.path_params["store_id"]
+            if id_problem("store_id", store_id) is None:
+                await run_in_threadpool(self.revoke, store_id)
+            if inspect.iscoroutinefunction(endpoint):
+                return await endpoint(request)
+            return await run_in_threadpool(endpoint, request)
+
+        return delete_store
 
     def active_secrets(self, store_id: str, now: float) -> list[str] | None:
         return self.secrets.active(store_id, now)

@@ -13,15 +13,17 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..crypto import DecryptionError
-from ..ids import id_problem
-from ..signing import HEADER, WINDOW, SignatureError, join, sign, verify
+from ..bodies import BodyError, read_limited
+from ..ids import email_problem, id_problem
+from ..signing import FUTURE_WINDOW, HEADER, WINDOW, SignatureError, join, sign, verify
 from . import render
-from .secrets import WidgetSecrets, utc
+from .secrets import WidgetSecrets, iframe_token, token_matches, utc
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -29,15 +31,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("opcore.panel")
 
 _REFUSALS = {
-    "missing": f"missing {HEADER} header",
+    "missing": f"missing credential: open the widget's iframe_url, or sign the request with {HEADER}",
     "malformed": f"malformed {HEADER} header: expected t=<unix seconds>,v1=<hex HMAC-SHA256>",
-    "expired": f"{HEADER} timestamp is more than {WINDOW} s from the server's clock",
+    "expired": f"{HEADER} timestamp is outside the accepted window of the server's clock "
+               f"(at most {WINDOW} s old, {FUTURE_WINDOW} s ahead)",
     "mismatch": f"{HEADER} does not match this store's signing secret, path and query",
+    "token": "this widget link is not valid for this store: it may have been replaced or revoked; "
+             "ask the store admin for the current iframe URL",
 }
+#: The iframe URL's credential, as a query parameter: the only place a plain iframe can carry one.
+TOKEN_PARAM = "token"
+EMAIL_PLACEHOLDER = "{email}"
 
 
 def widget_path(plugin: str, store_id: str) -> str:
     return f"/widgets/{plugin}/{quote(store_id, safe='')}"
+
+
+def iframe_url(plugin: str, store_id: str, secret: str, base_url: str) -> str:
+    """The URL template a helpdesk frames: the store's token, then the literal ``{email}``.
+
+    The token comes first so that whatever the helpdesk puts in place of ``{email}`` cannot
+    end it or push it out of the query.
+    """
+    query = urlencode({TOKEN_PARAM: iframe_token(secret, plugin, store_id)})
+    return f"{base_url.rstrip('/')}{widget_path(plugin, store_id)}?{query}&email={EMAIL_PLACEHOLDER}"
 
 
 def signed_request_example(secrets: WidgetSecrets, plugin: str, store_id: str, email: str, base_url: str,
@@ -58,35 +76,44 @@ def signed_request_example(secrets: WidgetSecrets, plugin: str, store_id: str, e
 def widget_routes(host: Host, plugin: str, secrets: WidgetSecrets, headers: dict[str, str]) -> list[Route]:
     answers = render.Answers()
 
-    def refuse(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    def refuse(status: int, message: str, extra: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers={**headers, **(extra or {})})
 
     async def panel(request: Request) -> Response:
+        if request.method != "GET":  # Starlette adds HEAD to every GET route; the panel has no use for it
+            return refuse(405, "only GET is served here", {"Allow": "GET"})
         store_id, now = request.path_params["store_id"], time.time()
         if problem := id_problem("store_id", store_id):
             return refuse(422, problem)
-        email = request.query_params.get("email", "").strip().lower()
+        emails = request.query_params.getlist("email")
+        email = emails[0].strip().lower() if len(emails) == 1 else ""
         pipe = host.redis.pipeline(transaction=False)  # secrets and context version: one round trip
         pipe.hgetall(secrets.key(store_id))
         pipe.get(host.readmodel.version_key(store_id, email))
         raw, version = pipe.execute()
         try:
-            found = secrets.open(store_id, raw, now)
-        except DecryptionError as exc:
+            found = secrets.open(store_id, raw, now) or []
+        except DecryptionError as exc:  # answered as any bad credential: the store's state stays private
             log.error("%s widget of store %r: %s", plugin, store_id, exc)
-            return refuse(503, "this store's widget secret cannot be opened; provision the widget again")
-        if found is None:
-            return refuse(404, f"no widget is provisioned for store {store_id!r}")
-        scope = request.scope
-        path = scope.get("raw_path", scope["path"].encode()).decode("utf-8", "surrogateescape")
-        try:
-            verify(request.headers.get(HEADER), path, scope["query_string"].decode("utf-8", "surrogateescape"),
-                   found, now)
-        except SignatureError as exc:
-            return refuse(401, _REFUSALS[exc.reason])
-        if not email or len(email) > 320:
-            return refuse(400, "the email query parameter is required: ?email=<customer email>, "
-                               "at most 320 characters")
+            found = []
+        # Never provisioned, revoked, or unopenable: no secret matches, so the answer is the
+        # one a wrong credential gets, and says nothing of which stores exist.
+        tokens = request.query_params.getlist(TOKEN_PARAM)
+        if tokens:
+            if len(tokens) != 1 or not token_matches(tokens[0], found, plugin, store_id):
+                return refuse(401, _REFUSALS["token"])
+        else:
+            scope = request.scope
+            path = scope.get("raw_path", scope["path"].encode()).decode("utf-8", "surrogateescape")
+            try:
+                verify(request.headers.get(HEADER), path,
+                       scope["query_string"].decode("utf-8", "surrogateescape"), found, now)
+            except SignatureError as exc:
+                return refuse(401, _REFUSALS[exc.reason])
+        if not email:
+            return refuse(400, "the email query parameter is required once: ?email=<customer email>")
+        if problem := email_problem("email", email):
+            return refuse(422, problem)
         kind = "application/json" if render.wants_json(request.headers.get("accept", "")) else "text/html"
         key = (store_id, email, version, kind)
         body = answers.get(key, now)
@@ -102,22 +129,61 @@ def widget_routes(host: Host, plugin: str, secrets: WidgetSecrets, headers: dict
         return Response(render.CSS, media_type="text/css", headers={
             "Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
 
-    return [Route(f"/{render.CSS_PATH}", stylesheet), Route("/{store_id}", panel)]
+    return [Route(f"/{render.CSS_PATH}", stylesheet), Route("/{store_id}", panel, methods=["GET"])]
+
+
+class Rotation(BaseModel):
+    """The optional body of a provisioning POST."""
+
+    model_config = ConfigDict(extra="forbid")
+    revoke_previous: bool = False
+
+
+async def _rotation(request: Request) -> Rotation:
+    raw = await read_limited(request, 1024)
+    if not raw.strip():
+        return Rotation()
+    try:
+        return Rotation.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise BodyError(400, 'body is not valid JSON; send {"revoke_previous": true} or nothing') from None
+        fields = ", ".join(".".join(map(str, e["loc"])) for e in errors)
+        raise BodyError(422, f'invalid body field(s) {fields}: send {{"revoke_previous": true}} or nothing') from None
 
 
 def internal_routes(plugin: str, secrets: WidgetSecrets) -> list[Route]:
-    async def provision_widget(request: Request) -> JSONResponse:
-        store_id = request.path_params["store_id"]
+    def refuse_id(store_id: str) -> JSONResponse | None:
         if problem := id_problem("store_id", store_id):
             return JSONResponse({"error": problem, "details": [{"field": "store_id", "message": problem}]},
                                 status_code=422)
-        made = secrets.provision(store_id)
+        return None
+
+    async def provision_widget(request: Request) -> JSONResponse:
+        store_id = request.path_params["store_id"]
+        if refused := refuse_id(store_id):
+            return refused
+        try:
+            rotation = await _rotation(request)
+        except BodyError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        made = secrets.provision(store_id, revoke_previous=rotation.revoke_previous)
+        base = str(request.base_url)
         return JSONResponse({
-            "widget_url": str(request.base_url).rstrip("/") + widget_path(plugin, store_id),
+            "widget_url": base.rstrip("/") + widget_path(plugin, store_id),
+            "iframe_url": iframe_url(plugin, store_id, made.signing_secret, base),
             "signing_secret": made.signing_secret,
             "signature_header": HEADER,
             "previous_secret_valid_until": made.previous_secret_valid_until.isoformat()
             if made.previous_secret_valid_until else None,
         }, headers={"Cache-Control": "no-store"})
 
-    return [Route("/stores/{store_id}/widget", provision_widget, methods=["POST"])]
+    async def revoke_widget(request: Request) -> JSONResponse:
+        store_id = request.path_params["store_id"]
+        if refused := refuse_id(store_id):
+            return refused
+        return JSONResponse({"store_id": store_id, "revoked": secrets.revoke(store_id)})
+
+    return [Route("/stores/{store_id}/widget", provision_widget, methods=["POST"]),
+            Route("/stores/{store_id}/widget", revoke_widget, methods=["DELETE"])]

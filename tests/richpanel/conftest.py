@@ -1,12 +1,29 @@
-"""The Richpanel sandbox on a real socket, shared by the delivery and attack tests of a module."""
+"""The Richpanel sandbox on a real socket, shared by the delivery and attack tests of a module;
+a plain Richpanel host and its app for the widget tests (modules that need a sandbox behind
+the host define their own ``host``)."""
 
 from __future__ import annotations
 
 from typing import Any, Iterator
 
 import pytest
+from starlette.testclient import TestClient
 
+from opcore_hooks.app import create_app
+from plugins.richpanel import plugin
 from plugins.richpanel.sandbox import SandboxConfig, SandboxServer, run_in_thread
+
+
+@pytest.fixture
+def host(make_host):
+    return make_host({"richpanel": plugin})
+
+
+@pytest.fixture
+def client(host):
+    with TestClient(create_app(host)) as c:
+        yield c
+
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[SandboxServer]:

@@ -3,9 +3,10 @@
 Chromium is driven over the DevTools protocol on ``--remote-debugging-pipe`` (NUL-separated
 JSON on file descriptors 3 and 4), so the test needs no Python package beyond the standard
 library: it sees every console message, every CSP violation and the page's real layout. A
-control page that breaks the CSP on purpose proves the detector is not vacuous. The signature
-is a header a browser cannot add, so a test-only ASGI wrapper signs each panel request on its
-way in; the widget itself is exercised unchanged. The screenshot is README's docs/widget.png.
+control page that breaks the CSP on purpose proves the detector is not vacuous. The panel is
+opened the way a helpdesk opens it: the provisioned ``iframe_url``, ``{email}`` filled in, in a
+plain ``<iframe>`` of a stand-in helpdesk page, with no header added by anyone. The screenshot
+is README's docs/widget.png.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from starlette.responses import HTMLResponse
 
 from opcore_hooks import Host
 from opcore_hooks.app import create_app
-from opcore_hooks.signing import sign
 from opcore_hooks.testing import approved, claim_created, feed, state_changed
 from plugins.richpanel import plugin
 
@@ -45,15 +45,15 @@ STORE = "store_123"
 WIDTH = 350
 
 
-def signing(app, secret: str):
-    """Test-only: sign panel requests as Richpanel would, since a browser cannot add the header."""
+def helpdesk(app, panel_url: str):
+    """Test-only pages beside the app: a helpdesk sidebar framing the panel, and a CSP control."""
 
-    async def signed(scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith(f"/widgets/richpanel/{STORE}"):
-            query = scope["query_string"].decode()
-            target = scope["raw_path"].decode() + (f"?{query}" if query else "")
-            header = (b"x-op-signature", sign(secret, target, int(time.time())).encode())
-            scope = {**scope, "headers": [*scope["headers"], header]}
+    async def pages(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/helpdesk":  # what Richpanel's sidebar does
+            page = HTMLResponse(f'<!doctype html><title>helpdesk</title><link rel="icon" href="data:,"><iframe id="panel" src="{panel_url}" '
+                                f'width="{WIDTH}" height="900"></iframe>')
+            await page(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["path"] == "/control":  # breaks the CSP on purpose
             page = HTMLResponse('<p style="color:red">x</p><script>console.log(1)</script>',
                                 headers={"Content-Security-Policy": "default-src 'none'"})
@@ -61,7 +61,7 @@ def signing(app, secret: str):
             return
         await app(scope, receive, send)
 
-    return signed
+    return pages
 
 
 _TRAMPOLINE = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
@@ -168,8 +168,9 @@ def order(number: str, placed_at: str, total: str, *items: tuple[str, int]) -> d
 
 
 @pytest.fixture
-def served(settings):
-    """The app on 127.0.0.1 with a realistic customer, behind the test-only signer."""
+def served(settings, monkeypatch):
+    """The app on 127.0.0.1 with a realistic customer; yields its base URL and the panel's URL."""
+    monkeypatch.setenv("OPCORE_RICHPANEL_FRAME_ANCESTORS", "'self'")  # the stand-in helpdesk's origin
     host = Host(settings, redis_client=fakeredis.FakeRedis(server=fakeredis.FakeServer()),
                 plugins={"richpanel": plugin})
     feed(host,
@@ -183,16 +184,19 @@ def served(settings):
          approved("cm1"),
          state_changed("cm2", "WAITING_FOR_BRAND", created_at="2026-11-25T10:00:00Z"),
          state_changed("cm3", "DENIED", created_at="2026-10-05T10:00:00Z"))
-    secret = host.panel("richpanel").provision(STORE).signing_secret
+    host.panel("richpanel").provision(STORE)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(signing(create_app(host), secret), log_level="warning", lifespan="off"))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    panel_url = host.panel("richpanel").iframe_url(STORE, base).replace("{email}", "ana%40example.com")
+    server = uvicorn.Server(uvicorn.Config(helpdesk(create_app(host), panel_url), log_level="warning",
+                                          lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yield base, panel_url
     server.should_exit = True
     thread.join(timeout=10)
     host.close()
@@ -200,6 +204,7 @@ def served(settings):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found: install Debian's chromium package to run this")
 def test_the_panel_renders_cleanly_at_sidebar_width(served):
+    base, panel_url = served
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         cdp = Cdp(profile)
         try:
@@ -209,12 +214,19 @@ def test_the_panel_renders_cleanly_at_sidebar_width(served):
                 cdp.send(f"{domain}.enable")
             cdp.send("Emulation.setDeviceMetricsOverride", width=WIDTH, height=900, deviceScaleFactor=2, mobile=False)
 
-            cdp.open(f"{served}/control")  # the detector must see a CSP violation here
+            cdp.open(f"{base}/control")  # the detector must see a CSP violation here
             assert any("Content Security Policy" in p or "ContentSecurityPolicy" in p for p in cdp.problems()), \
                 cdp.problems()
             cdp.events.clear()
 
-            cdp.open(f"{served}/widgets/richpanel/{STORE}?email=ana%40example.com")
+            cdp.open(f"{base}/helpdesk")  # the iframe URL in a plain iframe, as a helpdesk embeds it
+            time.sleep(0.2)
+            framed = cdp.send("Runtime.evaluate", returnByValue=True, expression=(
+                "document.getElementById('panel').contentDocument.body.innerText"))["result"].get("value") or ""
+            assert cdp.problems() == [] and "OP-1042" in framed and "Ana Lima" in framed, (cdp.problems(), framed)
+            cdp.events.clear()
+
+            cdp.open(panel_url)
             time.sleep(0.2)  # let late console or CSP reports arrive
             page = cdp.send("Runtime.evaluate", returnByValue=True, expression="""JSON.stringify({
                 width: innerWidth, scroll: document.documentElement.scrollWidth,

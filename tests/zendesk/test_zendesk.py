@@ -290,3 +290,16 @@ def test_the_contracts_example_body_is_accepted_and_the_mirror_cannot_be_turned_
         assert saved.status_code == 200 and saved.json()["mirror_messages"] is False
         refused = client.put(URL, headers=ADMIN, json={**body, "mirror_messages": True})
         assert refused.status_code == 422 and "mirror" in refused.json()["error"]
+
+
+def test_the_zendesk_panel_opens_in_a_plain_iframe_until_the_store_is_deleted(zd):
+    host, worker, sandbox, client = zd
+    post(client, claim_created())
+    made = client.post(f"{URL}/widget", headers=ADMIN).json()
+    url = made["iframe_url"].replace("{email}", "ana%40example.com").removeprefix("http://testserver")
+    assert url.startswith(f"/widgets/zendesk/{STORE}?token=")
+    wait_for(lambda: client.get(url, headers={"Accept": "application/json"}).json()["claims"])
+    page = client.get(url, headers={"Accept": "application/json"})
+    assert page.status_code == 200 and page.json()["claims"][0]["claim_number"] == "OP-1042"
+    assert client.delete(URL, headers=ADMIN).status_code == 200
+    assert client.get(url).status_code == 401
