@@ -69,7 +69,8 @@ def worker(processes: int, threads: int) -> None:
         settings.require("redis_url", "master_key")
         _host().close()  # fail here, once, on bad plugin settings rather than in every child
     except (ConfigError, PluginLoadError) as exc:
-        _fail(f"{exc} (with the embedded store, `opcore serve` runs the workers itself)")
+        hint = " (with the embedded store, `opcore serve` runs the workers itself)" if settings.embedded else ""
+        _fail(f"{exc}{hint}")
     sys.exit(run_processes(processes, threads, _host))
 
 

@@ -1,0 +1,80 @@
+"""Findings of the security review, each pinned by what an operator or a caller would see."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fakeredis
+import pytest
+from click.testing import CliRunner
+
+from opcore_hooks import cli as cli_module
+from opcore_hooks.cli import cli
+from opcore_hooks.config import Settings
+from opcore_hooks.crypto import generate_master_key
+from opcore_hooks.host import Host
+from opcore_hooks.testing import ADMIN_TOKEN, WEBHOOK_SECRET
+
+# -- Finding 4: secrets that are empty, blank, short or malformed stop serve and worker at start --
+
+
+@pytest.fixture
+def started(monkeypatch) -> dict[str, Any]:
+    """A valid environment; records what would have been served instead of serving it."""
+    for name in ("REDIS_URL", "WEBHOOK_SECRET", "ADMIN_TOKEN", "MASTER_KEY", "PLUGINS"):
+        monkeypatch.delenv(f"OPCORE_{name}", raising=False)
+    monkeypatch.setenv("OPCORE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    monkeypatch.setenv("OPCORE_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("OPCORE_MASTER_KEY", generate_master_key())
+    seen: dict[str, Any] = {}
+    import uvicorn
+
+    from opcore_hooks import worker
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(serve=kwargs))
+    monkeypatch.setattr(worker, "run_processes", lambda processes, threads, make: seen.update(worker=True) or 0)
+    monkeypatch.setattr(cli_module, "_host", lambda **kwargs: Host(
+        Settings(), redis_client=fakeredis.FakeRedis(server=fakeredis.FakeServer()), plugins={}))
+    return seen
+
+
+GOOD_KEY = generate_master_key()
+BAD_VALUES = {
+    "admin-token-empty": ("OPCORE_ADMIN_TOKEN", ""),
+    "admin-token-blank": ("OPCORE_ADMIN_TOKEN", "   "),
+    "admin-token-short": ("OPCORE_ADMIN_TOKEN", "short-token"),
+    "webhook-secret-blank": ("OPCORE_WEBHOOK_SECRET", " "),
+    "webhook-secret-empty": ("OPCORE_WEBHOOK_SECRET", ""),
+    "master-key-empty": ("OPCORE_MASTER_KEY", ""),
+    "master-key-blank": ("OPCORE_MASTER_KEY", "\t"),
+    "master-key-not-base64": ("OPCORE_MASTER_KEY", "notbase64"),
+    "master-key-with-junk": ("OPCORE_MASTER_KEY", GOOD_KEY[:20] + "!*" + GOOD_KEY[20:]),  # the lax decoder skipped it
+    "master-key-with-space": ("OPCORE_MASTER_KEY", GOOD_KEY[:20] + " " + GOOD_KEY[20:]),
+    "master-key-second-bad": ("OPCORE_MASTER_KEY", f"{GOOD_KEY},not-a-key"),
+}
+
+
+CASES = {f"{command}-{name}": (command, *bad) for name, bad in BAD_VALUES.items()
+         for command in ("serve", "worker") if command == "serve" or bad[0] == "OPCORE_MASTER_KEY"}
+
+
+@pytest.mark.parametrize(("command", "variable", "value"), list(CASES.values()), ids=list(CASES))
+def test_an_unusable_secret_stops_the_process_at_start_naming_it(started, monkeypatch, command, variable, value):
+    monkeypatch.setenv("OPCORE_REDIS_URL", "redis://never-connected.invalid:6379/0")  # the worker needs one
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(cli, [command])
+    assert result.exit_code == 2, result.output
+    assert variable in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    if variable == "OPCORE_MASTER_KEY" and value.strip():
+        assert "opcore keys generate" in result.output
+    assert not started  # neither uvicorn nor a worker process was started
+
+
+def test_a_valid_environment_gets_past_the_checks(started, monkeypatch):
+    assert CliRunner().invoke(cli, ["serve"]).exit_code == 0
+    assert "serve" in started
+    monkeypatch.setenv("OPCORE_REDIS_URL", "redis://never-connected.invalid:6379/0")
+    monkeypatch.setenv("OPCORE_MASTER_KEY", f"{generate_master_key()},{GOOD_KEY.rstrip('=')}")  # padding optional
+    assert CliRunner().invoke(cli, ["worker"]).exit_code == 0
+    assert started["worker"]
