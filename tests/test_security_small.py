@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import fakeredis
@@ -78,3 +80,52 @@ def test_a_valid_environment_gets_past_the_checks(started, monkeypatch):
     monkeypatch.setenv("OPCORE_MASTER_KEY", f"{generate_master_key()},{GOOD_KEY.rstrip('=')}")  # padding optional
     assert CliRunner().invoke(cli, ["worker"]).exit_code == 0
     assert started["worker"]
+
+
+# -- Finding 5: a JSON integer past Python's 4,300-digit cap is a 400, not a 500 with a traceback --
+
+HUGE = "1" + "0" * 4400  # one digit past the cap is enough; this is plainly past it
+
+
+@pytest.fixture
+def app_client(make_host):
+    from starlette.testclient import TestClient
+
+    from opcore_hooks.app import create_app
+    from plugins.richpanel import plugin as richpanel
+    from plugins.zendesk import plugin as zendesk
+
+    host = make_host({"richpanel": richpanel, "zendesk": zendesk})
+    with TestClient(create_app(host)) as client:
+        yield host, client
+
+
+def test_a_webhook_with_a_huge_integer_is_a_400_and_nothing_is_enqueued(app_client, caplog):
+    from opcore_hooks.testing import claim_created
+
+    host, client = app_client
+    event = json.dumps(claim_created())
+    raw = event[:-1] + f', "amount": {HUGE}}}'
+    answer = client.post("/webhooks/orderprotection", content=raw.encode(),
+                         headers={"x-webhook-secret": WEBHOOK_SECRET, "content-type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "body is not usable JSON: a number has more than 4300 digits"
+    assert host.redis.hlen(f"{host.broker.namespace}:opcore.msgs") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(("helpdesk", "status", "body"), [
+    # Richpanel's settings API answers every unusable body 422 (CONTRACT.md); Zendesk's keeps the 400.
+    ("richpanel", 422, '{"api_key": "rp_live_0123456789abcdef", "default_team_id": %s}'),
+    ("zendesk", 400, '{"subdomain": "acme", "email": "a@acme.test", "api_token": "t", "default_group_id": %s}'),
+], ids=["richpanel", "zendesk"])
+def test_a_settings_put_with_a_huge_integer_is_refused_and_nothing_is_saved(app_client, caplog, helpdesk,
+                                                                          status, body):
+    _, client = app_client
+    url = f"/internal/integrations/{helpdesk}/stores/store_123"
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}", "content-type": "application/json"}
+    answer = client.put(url, content=(body % HUGE).encode(), headers=auth)
+    assert answer.status_code == status
+    assert "body is not usable JSON: a number has more than 4300 digits" in answer.json()["error"]
+    assert client.get(url, headers=auth).status_code == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
