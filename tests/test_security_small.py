@@ -129,3 +129,29 @@ def test_a_settings_put_with_a_huge_integer_is_refused_and_nothing_is_saved(app_
     assert "body is not usable JSON: a number has more than 4300 digits" in answer.json()["error"]
     assert client.get(url, headers=auth).status_code == 404
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- Finding 6: serve starts uvicorn with limits an operator can rely on, and can change ------------
+
+
+def test_serve_limits_concurrency_and_idle_connections_by_default(started):
+    import uvicorn
+
+    assert CliRunner().invoke(cli, ["serve"]).exit_code == 0
+    limits = started["serve"]
+    assert limits["limit_concurrency"] == 200  # the 201st connection or request at once is a 503
+    assert limits["timeout_keep_alive"] == 5  # an idle keep-alive connection closes after 5 s
+    assert limits["h11_max_incomplete_event_size"] == 16 * 1024  # headers past 16 KiB are refused
+    uvicorn.Config(lambda scope, receive, send: None, **limits)  # every limit is one uvicorn knows
+
+
+def test_serve_limits_follow_the_options_and_the_environment(started, monkeypatch):
+    result = CliRunner().invoke(cli, ["serve", "--limit-concurrency", "50", "--timeout-keep-alive", "2",
+                                      "--max-header-bytes", "8192"])
+    assert result.exit_code == 0, result.output
+    assert (started["serve"]["limit_concurrency"], started["serve"]["timeout_keep_alive"],
+            started["serve"]["h11_max_incomplete_event_size"]) == (50, 2, 8192)
+    monkeypatch.setenv("OPCORE_LIMIT_CONCURRENCY", "75")
+    assert CliRunner().invoke(cli, ["serve"]).exit_code == 0
+    assert started["serve"]["limit_concurrency"] == 75
+    assert CliRunner().invoke(cli, ["serve", "--limit-concurrency", "0"]).exit_code == 2  # no "unlimited"
