@@ -155,3 +155,46 @@ def test_serve_limits_follow_the_options_and_the_environment(started, monkeypatc
     assert CliRunner().invoke(cli, ["serve"]).exit_code == 0
     assert started["serve"]["limit_concurrency"] == 75
     assert CliRunner().invoke(cli, ["serve", "--limit-concurrency", "0"]).exit_code == 2  # no "unlimited"
+
+
+# -- Finding 8: outside values are logged with %r, so a newline in one cannot forge a log line ------
+
+FORGED = "\nERROR opcore.delivery: forged line"
+
+
+def _one_line(caplog, logger: str) -> str:
+    [record] = [r for r in caplog.records if r.name == logger]
+    message = record.getMessage()
+    assert "\n" not in message and "\r" not in message
+    return message
+
+
+def test_an_event_id_with_a_newline_is_logged_on_one_line(app_client, caplog, monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from opcore_hooks.testing import claim_created
+
+    host, client = app_client
+
+    async def unavailable(*args: Any, **kwargs: Any) -> bool:
+        raise RedisConnectionError("gone")
+
+    monkeypatch.setattr(host.dispatcher, "accept", unavailable)
+    event = claim_created()
+    event["id"] = "evt-1\r" + FORGED  # event ids are free text in the envelope
+    answer = client.post("/webhooks/orderprotection", json=event, headers={"x-webhook-secret": WEBHOOK_SECRET})
+    assert answer.status_code == 503
+    assert "evt-1" in _one_line(caplog, "opcore.ingress")
+
+
+def test_a_dead_letter_whose_reason_holds_a_newline_is_logged_on_one_line(app_client, caplog):
+    from opcore_hooks.delivery.engine import Job
+    from opcore_hooks.delivery.helpdesk import Transient
+
+    host, _ = app_client
+    delivery = host.delivery("richpanel")
+    # The helpdesk's own answer text ends up in the reason of work that gave up.
+    delivery.transient(Job("finish", "store_123", "claim-1", attempt=delivery.max_attempts - 1),
+                       Transient("502 from Richpanel: bad gateway" + FORGED))
+    assert "is a dead letter" in _one_line(caplog, "opcore.delivery")
+    assert host.dead_letters.list(claim_id="claim-1")

@@ -364,7 +364,7 @@ class Delivery:
     def dead(self, job: Job, reason: str) -> None:
         actor = self._actors[job.kind].actor_name
         self.count("dead_letters")
-        log.error("%s: %s for claim %r of store %r is a dead letter: %s", self.plugin, actor, job.claim_id,
+        log.error("%s: %s for claim %r of store %r is a dead letter: %r", self.plugin, actor, job.claim_id,
                   job.store_id, reason)
         self.host.dead_letters.add(actor, job.args, reason=reason, store_id=job.store_id, claim_id=job.claim_id)
 
