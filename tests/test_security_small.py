@@ -198,3 +198,29 @@ def test_a_dead_letter_whose_reason_holds_a_newline_is_logged_on_one_line(app_cl
                        Transient("502 from Richpanel: bad gateway" + FORGED))
     assert "is a dead letter" in _one_line(caplog, "opcore.delivery")
     assert host.dead_letters.list(claim_id="claim-1")
+
+
+# -- Finding 9: the claim id is one percent-encoded path segment of the claim link -----------------
+
+ODD_ID = "a/../b?next=x#frag ment"
+ENCODED = "a%2F..%2Fb%3Fnext%3Dx%23frag%20ment"
+
+
+def test_the_claim_link_encodes_the_id_as_one_path_segment(settings):
+    base = "https://app.orderprotection.com/claims/view/"
+    assert settings.claim_url(ODD_ID) == base + ENCODED
+    assert settings.claim_url("cm6v2zdt1.0002_j20-vqs") == base + "cm6v2zdt1.0002_j20-vqs"  # valid ids unchanged
+
+
+def test_the_summary_an_agent_reads_links_to_the_encoded_claim(settings):
+    from opcore_hooks.events import ClaimCreated
+    from opcore_hooks.samples import CLAIM_CREATED
+    from opcore_hooks.summary import summary_html, summary_text
+
+    # Built without validation: the doors refuse such an id, the link must not depend on that.
+    claim = ClaimCreated.model_validate(CLAIM_CREATED["body"]).model_copy(update={"claim_id": ODD_ID})
+    url = settings.claim_url(claim.claim_id)
+    html, text = summary_html(claim, url, "note"), summary_text(claim, url, "note")
+    assert f'<a href="https://app.orderprotection.com/claims/view/{ENCODED}">' in html
+    assert f"Claim in Order Protection: https://app.orderprotection.com/claims/view/{ENCODED}" in text
+    assert ODD_ID not in html and ODD_ID not in text
