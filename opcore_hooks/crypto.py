@@ -27,6 +27,7 @@ _VERSION = "v1"
 #: 32 bytes in URL-safe base64: 43 characters of its alphabet, then optional padding.
 _MASTER_KEY = re.compile(r"[A-Za-z0-9_-]{43}=?")
 _SALT = b"opcore/store-key/v1"
+_DERIVED_SALT = b"opcore/derived-key/v1"
 
 
 class DecryptionError(Exception):
@@ -103,6 +104,16 @@ class Vault:
                 "or field); enter the secret again"
             ) from None
         return plain.decode()
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for ``purpose`` (e.g. ``"pacing"``) from the newest master key.
+
+        Its own salt keeps it apart from every store's key (HKDF over the store id), whatever
+        a store is called. It follows the newest key, so it changes when the master key rotates:
+        use it only for what may start over then, never to seal anything.
+        """
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=_DERIVED_SALT,
+                    info=purpose.encode()).derive(self._keys[self._newest])
 
     def is_current(self, token: str) -> bool:
         return token.split(":", 2)[1:2] == [self._newest]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import fakeredis
@@ -224,3 +225,34 @@ def test_the_summary_an_agent_reads_links_to_the_encoded_claim(settings):
     assert f'<a href="https://app.orderprotection.com/claims/view/{ENCODED}">' in html
     assert f"Claim in Order Protection: https://app.orderprotection.com/claims/view/{ENCODED}" in text
     assert ODD_ID not in html and ODD_ID not in text
+
+
+# -- Finding 10: pacing keys are named by an HMAC under the master key, not a plain hash ------------
+
+API_KEY = "rp_live_PacingFingerprint_0001"
+
+
+def test_pacing_keys_cannot_confirm_a_guessed_api_key(make_host, redis_client):
+    import hashlib
+
+    from pydantic import SecretStr
+
+    from plugins.richpanel import plugin as richpanel
+
+    first_key, second_key = generate_master_key(), generate_master_key()
+    pacer = make_host({"richpanel": richpanel}, master_key=SecretStr(first_key)).delivery("richpanel").pacer
+    now = time.time()
+    slots = [pacer.reserve(API_KEY, now=now).at for _ in range(pacer.quota + 1)]
+    pacer.block(API_KEY, 5, now=now)
+    names = [k.decode() for k in redis_client.keys("*:pace:*")]
+    assert names
+    for guess in (hashlib.sha256(API_KEY.encode()).hexdigest(),
+                  hashlib.sha256(b"opcore-pacing:" + API_KEY.encode()).hexdigest()):  # what named them before
+        assert all(guess[:8] not in name for name in names), names
+    # Every process with the same master key paces together; another master key names other keys.
+    same = make_host({"richpanel": richpanel}, master_key=SecretStr(first_key)).delivery("richpanel").pacer
+    other = make_host({"richpanel": richpanel}, master_key=SecretStr(second_key)).delivery("richpanel").pacer
+    assert same.keys(API_KEY) == pacer.keys(API_KEY) and same.blocked_until(API_KEY) == pytest.approx(now + 5)
+    assert set(other.keys(API_KEY)).isdisjoint(pacer.keys(API_KEY))
+    # And pacing still paces: the quota fits in a window, the next request waits for the next one.
+    assert slots[:-1] == [pytest.approx(now)] * pacer.quota and slots[-1] >= now + pacer.window

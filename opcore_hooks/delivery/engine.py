@@ -92,8 +92,8 @@ class Delivery:
         self.host, self.plugin, self.helpdesk = host, plugin, helpdesk
         self.redis = host.redis
         pacing = helpdesk.pacing
-        self.pacer = Pacer(host.redis, host.key(plugin, "pace"), quota=pacing.quota, window=pacing.window,
-                           follow_server_limit=pacing.follow_server_limit)
+        self.pacer = Pacer(host.redis, host.key(plugin, "pace"), secret=lambda: host.vault.derive("pacing"),
+                           quota=pacing.quota, window=pacing.window, follow_server_limit=pacing.follow_server_limit)
         # Held across at most a lookup and a create, each bounded by the request timeout; a
         # killed worker's lock must not hold its claim back much longer than that.
         lock_ms = int((2 * helpdesk.request_timeout + 5) * 1000)
