@@ -24,7 +24,7 @@ from _servers import free_port, machine, uvicorn, wrk  # noqa: E402
 from opcore_hooks.crypto import generate_master_key  # noqa: E402
 from opcore_hooks.testing import CLAIM_CREATED  # noqa: E402
 
-SECRET = "bench-secret"
+SECRET = "bench-webhook-secret"
 
 LUA = """
 local counter = 0
@@ -52,7 +52,7 @@ def main() -> None:
         f.write(LUA % (json.dumps(event), SECRET))
         script = Path(f.name)
 
-    env = {"OPCORE_REDIS_URL": args.redis_url, "OPCORE_WEBHOOK_SECRET": SECRET, "OPCORE_ADMIN_TOKEN": "bench",
+    env = {"OPCORE_REDIS_URL": args.redis_url, "OPCORE_WEBHOOK_SECRET": SECRET, "OPCORE_ADMIN_TOKEN": "bench-admin-token",
            "OPCORE_MASTER_KEY": generate_master_key()}
     results = {}
     port = free_port()

@@ -89,7 +89,7 @@ def main() -> None:
 
     redis.Redis.from_url(args.redis_url).flushdb()
     env = {"OPCORE_REDIS_URL": args.redis_url, "OPCORE_MASTER_KEY": generate_master_key(),
-           "OPCORE_ADMIN_TOKEN": "bench", "OPCORE_WEBHOOK_SECRET": "bench"}
+           "OPCORE_ADMIN_TOKEN": "bench-admin-token", "OPCORE_WEBHOOK_SECRET": "bench-webhook-secret"}
     host = Host(Settings(**{k.removeprefix("OPCORE_").lower(): v for k, v in env.items()}),
                 plugins={"richpanel": WidgetOnly()})
     seed(host)

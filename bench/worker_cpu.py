@@ -22,7 +22,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import redis
 from starlette.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -30,13 +30,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.error("%s %s: Redis is unavailable: %s", request.method, request.url.path, type(exc).__name__)
+    log.error("%s %r: Redis is unavailable: %s", request.method, request.url.path, type(exc).__name__)
     return JSONResponse({"error": "the store is unavailable; nothing was changed, retry later"}, status_code=503,
                         headers={"Retry-After": "5"})
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("%s %s failed", request.method, request.url.path)
+    log.exception("%s %r failed", request.method, request.url.path)
     return JSONResponse({"error": "internal error; it has been logged"}, status_code=500)
 
 

@@ -2,12 +2,14 @@
 
 Python's json parser recurses, so a body of a few thousand nested brackets raises
 RecursionError, and one a few hundred deep breaks later serialisation (found by the fuzzer);
-no legitimate payload nests more than a handful of levels.
+no legitimate payload nests more than a handful of levels. It also refuses integers of more
+than 4,300 digits with a ValueError; both are a 400, never a 500 with a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -60,6 +62,9 @@ async def read_json(request: Request, limit: int) -> Any:
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BodyError(400, f"body is not usable JSON: it nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError:  # Python's cap on int-string conversion (CVE-2020-10735) guards json.loads too
+        raise BodyError(400, "body is not usable JSON: a number has more than "
+                             f"{sys.get_int_max_str_digits()} digits") from None
     # Each nested object or array opens with a bracket byte (in any encoding json.loads
     # takes), so a body with few brackets cannot nest deep: only the rare one is walked.
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth_exceeds(data, MAX_DEPTH):

@@ -108,7 +108,7 @@ class _Consumer(_RedisConsumer):
             try:
                 self.broker.release(keys=[counter])
             except redis.RedisError as exc:  # an approximate count, never worth failing the nack
-                log.warning("could not release %s after a rejected message: %s", counter, type(exc).__name__)
+                log.warning("could not release %r after a rejected message: %s", counter, type(exc).__name__)
 
     def flush_acks(self) -> None:
         pending, broker = self.broker.pending_acks, self.broker

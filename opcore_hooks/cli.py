@@ -41,8 +41,23 @@ def cli(log_level: str) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--with-worker", is_flag=True, help="Run Dramatiq worker threads in this process too.")
 @click.option("--threads", default=4, show_default=True, help="Worker threads when they run here.")
-def serve(bind: str, port: int, with_worker: bool, threads: int) -> None:
-    """The web tier: ingress, internal API, widgets, /healthz."""
+@click.option("--limit-concurrency", default=200, show_default=True, type=click.IntRange(min=1),
+              envvar="OPCORE_LIMIT_CONCURRENCY", show_envvar=True,
+              help="Open connections and requests at once; past it, new requests get 503.")
+@click.option("--timeout-keep-alive", default=5, show_default=True, type=click.IntRange(min=1),
+              envvar="OPCORE_TIMEOUT_KEEP_ALIVE", show_envvar=True,
+              help="Seconds an idle keep-alive connection stays open after an answer.")
+@click.option("--max-header-bytes", default=16 * 1024, show_default=True, type=click.IntRange(min=1024),
+              envvar="OPCORE_MAX_HEADER_BYTES", show_envvar=True,
+              help="Largest request line and headers accepted (h11's incomplete event size).")
+def serve(bind: str, port: int, with_worker: bool, threads: int, limit_concurrency: int,
+          timeout_keep_alive: int, max_header_bytes: int) -> None:
+    """The web tier: ingress, internal API, widgets, /healthz.
+
+    uvicorn has no timeout for reading a request's headers or body: a client that sends
+    slowly keeps its connection, so the concurrency limit bounds what slow clients can hold,
+    and a proxy in front should time them out (README, 'Running behind a proxy').
+    """
     import uvicorn
 
     from .app import create_app
@@ -54,7 +69,9 @@ def serve(bind: str, port: int, with_worker: bool, threads: int) -> None:
     except (ConfigError, PluginLoadError) as exc:
         _fail(str(exc))
     app = create_app(host, with_worker=with_worker or settings.embedded, worker_threads=threads)
-    uvicorn.run(app, host=bind, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=bind, port=port, log_level="warning", access_log=False,
+                limit_concurrency=limit_concurrency, timeout_keep_alive=timeout_keep_alive,
+                h11_max_incomplete_event_size=max_header_bytes)
 
 
 @cli.command()
@@ -69,7 +86,8 @@ def worker(processes: int, threads: int) -> None:
         settings.require("redis_url", "master_key")
         _host().close()  # fail here, once, on bad plugin settings rather than in every child
     except (ConfigError, PluginLoadError) as exc:
-        _fail(f"{exc} (with the embedded store, `opcore serve` runs the workers itself)")
+        hint = " (with the embedded store, `opcore serve` runs the workers itself)" if settings.embedded else ""
+        _fail(f"{exc}{hint}")
     sys.exit(run_processes(processes, threads, _host))
 
 

@@ -7,8 +7,14 @@ first request that needs it.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The secrets callers present (webhook secret, admin token) must be long enough not to be guessed.
+MIN_SECRET_CHARS = 16
+_PRESENTED = ("webhook_secret", "admin_token")
 
 
 class ConfigError(Exception):
@@ -56,14 +62,38 @@ class Settings(BaseSettings):
         return [name.strip() for name in self.plugins.split(",") if name.strip()]
 
     def claim_url(self, claim_id: str) -> str:
-        return f"{self.dashboard_url}/claims/view/{claim_id}"
+        """The claim's page in the dashboard. The id is percent-encoded as one path segment, so
+        whatever an id holds (a ``/``, ``?`` or ``#``) cannot point the link anywhere else; the
+        ids the doors accept (A-Z a-z 0-9 . _ -) come out unchanged."""
+        return f"{self.dashboard_url}/claims/view/{quote(claim_id, safe='')}"
 
     def require(self, *names: str) -> None:
-        """Raise one ConfigError naming every variable in ``names`` that is unset."""
-        missing = [f"OPCORE_{name.upper()}" for name in names if getattr(self, name) in (None, "")]
+        """Raise one ConfigError naming every variable in ``names`` that is unusable.
+
+        An empty or blank secret is no secret (the process would start, then refuse every
+        caller or match a blank header), and a short one can be guessed, so both stop the
+        process here. The master key is decoded here too, so a malformed one stops ``serve`` at
+        start instead of failing the first settings change with a 503.
+        """
+        missing, short = [], []
+        for name in names:
+            value = getattr(self, name)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if text is None or not str(text).strip():
+                missing.append(f"OPCORE_{name.upper()}")
+            elif name in _PRESENTED and len(text) < MIN_SECRET_CHARS:
+                short.append(f"OPCORE_{name.upper()}")
+        problems = []
         if missing:
-            raise ConfigError(
-                "missing configuration: "
-                + ", ".join(missing)
-                + ". Set them in the environment (see README, 'Configuration')."
-            )
+            problems.append("missing configuration (unset, empty or blank): " + ", ".join(missing)
+                            + ". Set them in the environment (see README, 'Configuration')")
+        if short:
+            problems.append(", ".join(short) + f" {'is' if len(short) == 1 else 'are'} shorter than "
+                            f"{MIN_SECRET_CHARS} characters: set a long random value, e.g. from "
+                            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        if problems:
+            raise ConfigError("; ".join(problems) + ".")
+        if "master_key" in names:
+            from .crypto import Vault  # crypto imports this module
+
+            Vault.from_setting(self.master_key.get_secret_value())  # type: ignore[union-attr]

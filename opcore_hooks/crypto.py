@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 from functools import lru_cache
 
 from cryptography.exceptions import InvalidTag
@@ -23,7 +24,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .config import ConfigError
 
 _VERSION = "v1"
+#: 32 bytes in URL-safe base64: 43 characters of its alphabet, then optional padding.
+_MASTER_KEY = re.compile(r"[A-Za-z0-9_-]{43}=?")
 _SALT = b"opcore/store-key/v1"
+_DERIVED_SALT = b"opcore/derived-key/v1"
 
 
 class DecryptionError(Exception):
@@ -47,16 +51,19 @@ class Vault:
 
     @classmethod
     def from_setting(cls, value: str) -> Vault:
+        """The vault for ``OPCORE_MASTER_KEY``: comma-separated keys, newest first.
+
+        Decoded strictly: Python's base64 decoder skips characters outside its alphabet, so a
+        key with junk in it (a stray quote, a space, a ``+``) could still decode to 32 bytes and
+        hide a copy-paste error until the wrong key was in use.
+        """
         keys = []
         for position, text in enumerate(part.strip() for part in value.split(",")):
-            try:
-                raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            except (binascii.Error, ValueError):
-                raw = b""
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)) if _MASTER_KEY.fullmatch(text) else b""
             if len(raw) != 32:
                 raise ConfigError(
-                    f"OPCORE_MASTER_KEY entry {position + 1} is not 32 bytes of URL-safe base64; "
-                    "generate one with `opcore keys generate`"
+                    f"OPCORE_MASTER_KEY entry {position + 1} is not 32 bytes of URL-safe base64 (43 characters "
+                    "of A-Z a-z 0-9 - _, then an optional '='); generate one with `opcore keys generate`"
                 )
             keys.append(raw)
         return cls(keys)
@@ -97,6 +104,16 @@ class Vault:
                 "or field); enter the secret again"
             ) from None
         return plain.decode()
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for ``purpose`` (e.g. ``"pacing"``) from the newest master key.
+
+        Its own salt keeps it apart from every store's key (HKDF over the store id), whatever
+        a store is called. It follows the newest key, so it changes when the master key rotates:
+        use it only for what may start over then, never to seal anything.
+        """
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=_DERIVED_SALT,
+                    info=purpose.encode()).derive(self._keys[self._newest])
 
     def is_current(self, token: str) -> bool:
         return token.split(":", 2)[1:2] == [self._newest]

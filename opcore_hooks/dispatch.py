@@ -117,7 +117,7 @@ class Dispatcher:
                 try:
                     self._call(name, hook, event)
                 except Exception:  # noqa: BLE001 - isolation: one plugin's failure is its own
-                    log.exception("plugin %r failed on %s %s; retrying it alone", name, event.topic, event.id)
+                    log.exception("plugin %r failed on %s %r; retrying it alone", name, event.topic, event.id)
                     self.deliver.send(name, data)
 
     def _deliver(self, plugin: str, data: dict[str, Any]) -> None:

@@ -92,7 +92,7 @@ class Ingress:
             accepted = await self.host.dispatcher.accept(event, self._seen_key(event.id),
                                                          self.host.settings.event_ttl_seconds, wire=wire)
         except (RedisError, BrokerError, ConnectionError, OSError) as exc:
-            log.error("broker unavailable, event %s not accepted: %s", event.id, type(exc).__name__)
+            log.error("broker unavailable, event %r not accepted: %s", event.id, type(exc).__name__)
             return error(503, "the queue is unavailable; the event was not accepted, retry later")
         if not accepted:
             return _json({"status": "duplicate", "event_id": event.id}, 200)

@@ -6,13 +6,14 @@ import time
 
 import pytest
 
-from opcore_hooks.delivery.pacing import Pacer, fingerprint
+from opcore_hooks.delivery.pacing import Pacer
 
 KEY = "rp_pacing_SecretKey_9999"
+SECRET = b"pacing-fingerprint-key-0123456789"
 
 
 def pacer(redis_client, quota=5, window=10.0) -> Pacer:
-    return Pacer(redis_client, "optest:pace", quota=quota, window=window)
+    return Pacer(redis_client, "optest:pace", secret=lambda: SECRET, quota=quota, window=window)
 
 
 def test_slots_never_put_more_than_the_quota_in_any_window(redis_client):
@@ -59,7 +60,8 @@ def test_a_higher_advertised_limit_counts_only_where_the_server_sets_the_quota(r
     fixed.observe(KEY, limit=5, remaining=5, now=now)
     assert fixed.quota_for(KEY) == 2
     assert sum(fixed.reserve(KEY, now=now).at < now + 60 for _ in range(5)) == 2
-    follows = Pacer(redis_client, "optest:pace2", quota=2, window=60.0, follow_server_limit=True)
+    follows = Pacer(redis_client, "optest:pace2", secret=lambda: SECRET, quota=2, window=60.0,
+                    follow_server_limit=True)
     follows.observe(KEY, limit=5, remaining=5, now=now)
     assert follows.quota_for(KEY) == 5
     assert sum(follows.reserve(KEY, now=now).at < now + 60 for _ in range(7)) == 5
@@ -90,7 +92,7 @@ def test_the_raw_key_is_not_in_redis(redis_client):
     p.block(KEY, 5)
     keys = [k.decode() for k in redis_client.keys("*")]
     assert keys and all(KEY not in k for k in keys)
-    assert any(fingerprint(KEY) in k for k in keys)
+    assert any(p.fingerprint(KEY) in k for k in keys)
 
 
 def test_a_leaky_bucket_is_paced_without_overflowing(redis_client):
@@ -120,5 +122,5 @@ def test_what_other_apps_keep_spending_stays_off_the_quota(redis_client):
 
 def test_a_limit_key_left_by_an_earlier_version_does_not_break_pacing(redis_client):
     p = pacer(redis_client, quota=5)
-    redis_client.set(f"optest:pace:{fingerprint(KEY)}:limit", "3", ex=3600)  # the old string form
+    redis_client.set(f"optest:pace:{p.fingerprint(KEY)}:limit", "3", ex=3600)  # the old string form
     assert p.reserve(KEY).at > 0 and p.admit(KEY)[0] is not None

@@ -92,8 +92,8 @@ class Delivery:
         self.host, self.plugin, self.helpdesk = host, plugin, helpdesk
         self.redis = host.redis
         pacing = helpdesk.pacing
-        self.pacer = Pacer(host.redis, host.key(plugin, "pace"), quota=pacing.quota, window=pacing.window,
-                           follow_server_limit=pacing.follow_server_limit)
+        self.pacer = Pacer(host.redis, host.key(plugin, "pace"), secret=lambda: host.vault.derive("pacing"),
+                           quota=pacing.quota, window=pacing.window, follow_server_limit=pacing.follow_server_limit)
         # Held across at most a lookup and a create, each bounded by the request timeout; a
         # killed worker's lock must not hold its claim back much longer than that.
         lock_ms = int((2 * helpdesk.request_timeout + 5) * 1000)
@@ -364,7 +364,7 @@ class Delivery:
     def dead(self, job: Job, reason: str) -> None:
         actor = self._actors[job.kind].actor_name
         self.count("dead_letters")
-        log.error("%s: %s for claim %r of store %r is a dead letter: %s", self.plugin, actor, job.claim_id,
+        log.error("%s: %s for claim %r of store %r is a dead letter: %r", self.plugin, actor, job.claim_id,
                   job.store_id, reason)
         self.host.dead_letters.add(actor, job.args, reason=reason, store_id=job.store_id, claim_id=job.claim_id)
 

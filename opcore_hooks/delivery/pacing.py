@@ -17,15 +17,23 @@ meeting a 429. (Booking the difference as reservations at the moment it was seen
 did first, left the slots already reserved for later windows unaware of it: a backlog then met
 admission refusals and retried in a herd.)
 
-Keys in Redis are a fingerprint of the scope, never the scope itself (it may be an API key).
+Keys in Redis are a fingerprint of the scope, never the scope itself (it may be an API key):
+an HMAC under a key derived from the master key, so that a Redis dump cannot confirm a guessed
+API key (an unkeyed hash could). Pacing state is short-lived (a window of seconds, and any
+Retry-After block), so it starts over when the newest master key changes (processes on
+different newest keys pace apart until every one has restarted), and once on the upgrade to
+keyed names: that costs at most one rate-limit answer per account, which delivery already
+handles as any other.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -150,11 +158,6 @@ return current
 """
 
 
-@functools.lru_cache(maxsize=1024)  # every request hashes its key twice; a process sees few keys
-def fingerprint(scope: str) -> str:
-    return hashlib.sha256(b"opcore-pacing:" + scope.encode()).hexdigest()[:20]
-
-
 @dataclass(frozen=True)
 class Slot:
     at: float
@@ -164,10 +167,15 @@ class Slot:
 
 
 class Pacer:
-    def __init__(self, client: redis.Redis, prefix: str, *, quota: int, window: float,
-                 follow_server_limit: bool = False) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, *, secret: Callable[[], bytes], quota: int,
+                 window: float, follow_server_limit: bool = False) -> None:
+        """``secret`` gives the key of the scopes' fingerprints (``Vault.derive("pacing")``); it is
+        asked for at the first request, so a host without a master key still builds."""
         self.redis = client
         self.prefix = prefix
+        self._secret = secret
+        # Every request names its scope's keys twice or more; a process sees few scopes.
+        self.fingerprint = functools.lru_cache(maxsize=1024)(self._fingerprint)
         self.quota = quota
         self.window = window
         #: An advertised limit higher than ``quota`` raises it too (else only a lower one counts).
@@ -180,9 +188,17 @@ class Pacer:
         self._block = client.register_script(_BLOCK)
         self._admit = client.register_script(_ADMIT)
 
+    @functools.cached_property
+    def _hmac_key(self) -> bytes:
+        return self._secret()
+
+    def _fingerprint(self, scope: str) -> str:
+        """The scope's name in Redis (see the module's docstring)."""
+        return hmac.new(self._hmac_key, b"opcore-pacing:" + scope.encode(), hashlib.sha256).hexdigest()[:20]
+
     def keys(self, scope: str) -> tuple[str, str, str, str]:
         """The key's reservations, blocked-until, advertised-limit and sent keys, in LUA's order."""
-        fp = fingerprint(scope)
+        fp = self.fingerprint(scope)
         # ':quota' is a hash (the advertised limit, what others spend); the string ':limit' of
         # earlier versions is left to expire, so no script meets a key of the other type.
         return (f"{self.prefix}:{fp}:slots", f"{self.prefix}:{fp}:blocked", f"{self.prefix}:{fp}:quota",

@@ -139,7 +139,7 @@ def mark_invalid(host: Host, store_id: str, error: str, *, api_key: str | None =
             return
     if _set_health(host, store_id, {"credentials": "invalid", "checked_at": _now().isoformat(),
                                     "last_error": error}, drop_error=False):
-        log.warning("richpanel credentials of store %s marked invalid: %s", store_id, error)
+        log.warning("richpanel credentials of store %r marked invalid: %r", store_id, error)
 
 
 def mark_valid(host: Host, store_id: str) -> None:
@@ -230,7 +230,7 @@ def update(host: Host, store_id: str, changes: SettingsUpdate) -> StoreConfig:
             except redis.WatchError:
                 continue
         assert saved.api_key is not None
-        log.info("richpanel settings of store %s saved (key %s, enabled=%s)", store_id,
+        log.info("richpanel settings of store %r saved (key %r, enabled=%s)", store_id,
                  mask(saved.api_key.get_secret_value()), saved.enabled)
         if checked and saved.enabled:
             _release(host, store_id)
@@ -286,10 +286,10 @@ def _release(host: Host, store_id: str) -> None:
     try:
         released = host.delivery(NAME).release_parked(store_id)
     except Exception as exc:  # noqa: BLE001 - the save stands; the work stays parked for next time
-        log.error("richpanel: parked work of store %s not released: %s", store_id, type(exc).__name__)
+        log.error("richpanel: parked work of store %r not released: %s", store_id, type(exc).__name__)
         return
     if released:
-        log.info("richpanel: released %d parked message(s) of store %s", released, store_id)
+        log.info("richpanel: released %d parked message(s) of store %r", released, store_id)
 
 
 # -- the rest of the public API ----------------------------------------------------------------
@@ -303,7 +303,7 @@ def disconnect(host: Host, store_id: str) -> bool:
         pipe.hdel(key, FIELD, "checked_at", "last_error")
         pipe.hset(key, mapping={"enabled": "0", "credentials": "unchecked", "updated_at": _now().isoformat()})
         pipe.execute()
-    log.info("richpanel store %s disconnected: key forgotten", store_id)
+    log.info("richpanel store %r disconnected: key forgotten", store_id)
     return True
 
 
@@ -398,7 +398,7 @@ def rotate(host: Host) -> int:
                 try:
                     fresh = host.vault.reseal(store_id, FIELD, token.decode())
                 except DecryptionError as exc:
-                    log.error("richpanel: cannot re-encrypt the key of store %s: %s", store_id, exc)
+                    log.error("richpanel: cannot re-encrypt the key of store %r: %s", store_id, exc)
                     break
                 pipe.multi()
                 pipe.hset(key, FIELD, fresh)

@@ -180,7 +180,7 @@ def mark_invalid(host: Host, store_id: str, error: str, *, api_token: str | None
     key = settings_key(host, store_id)
     if host.redis.exists(key):
         host.redis.hset(key, mapping={"credentials": "invalid", "checked_at": _now().isoformat(), "last_error": error})
-        log.warning("zendesk credentials of store %r marked invalid: %s", store_id, error)
+        log.warning("zendesk credentials of store %r marked invalid: %r", store_id, error)
 
 
 def mark_valid(host: Host, store_id: str) -> None:
