@@ -23,6 +23,7 @@ import redis
 from bench._chaos_plan import Claim
 from bench._chaos_procs import NAMESPACE, QUEUES
 from bench._chaos_result import ChaosResult, percentiles
+from bench._chaos_traffic import iframe_target
 from opcore_hooks.signing import sign
 
 _LINK = re.compile(r"/claims/view/([A-Za-z0-9_.\-]+)")
@@ -264,17 +265,23 @@ def judge_redis(r: redis.Redis, result: ChaosResult, claims: list[Claim], helpde
 
 # -- the widget --------------------------------------------------------------------------------
 
-def check_widget_panels(http: httpx.Client, claims: list[Claim], signing: dict[str, str], result: ChaosResult,
-                        checked: Callable[[httpx.Response, str], httpx.Response], helpdesk_of: dict[str, str]) -> None:
-    """Every claim is in its customer's panel (signed JSON request), in the last state sent."""
+def check_widget_panels(http: httpx.Client, claims: list[Claim], signing: dict[str, str], iframes: dict[str, str],
+                        result: ChaosResult, checked: Callable[[httpx.Response, str], httpx.Response],
+                        helpdesk_of: dict[str, str]) -> None:
+    """Every claim is in its customer's panel, in the last state sent: every other customer read
+    through the store's iframe URL (no header), the rest by a signed JSON request."""
     customers: dict[tuple[str, str], list[Claim]] = {}
     for c in claims:
         customers.setdefault((c.store_id, c.email), []).append(c)
-    for (store, email), owned in customers.items():
-        path, query = f"/widgets/{helpdesk_of[store]}/{store}", urlencode({"email": email})
-        answer = checked(http.get(f"{path}?{query}", headers={
-            "accept": "application/json", "X-OP-Signature": sign(signing[store], f"{path}?{query}", int(time.time()))}),
-            "GET widget (final check)")
+    for position, ((store, email), owned) in enumerate(customers.items()):
+        if position % 2:
+            answer = checked(http.get(iframe_target(iframes[store], email), headers={"accept": "application/json"}),
+                             "GET widget by iframe URL (final check)")
+        else:
+            path, query = f"/widgets/{helpdesk_of[store]}/{store}", urlencode({"email": email})
+            answer = checked(http.get(f"{path}?{query}", headers={
+                "accept": "application/json", "X-OP-Signature": sign(signing[store], f"{path}?{query}", int(time.time()))}),
+                "GET widget (final check)")
         if answer.status_code != 200:
             result.widget_claims_missing += len(owned)
             continue

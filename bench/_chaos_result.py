@@ -163,7 +163,8 @@ class ChaosResult:
             "requests to Richpanel: " + ", ".join(f"{k} {v}" for k, v in sorted(req.items())),
             f"unexpected writes: {self.unexpected_writes}   opcore records out of step with Richpanel: "
             f"{self.records_out_of_step}",
-            f"widget: {w.get('ok', 0)} signed panels served, {w.get('refused', 0)} attacks refused, "
+            f"widget: {w.get('ok', 0)} panels served ({w.get('iframe_requests', 0)} asked by iframe URL, the rest "
+            f"signed), {w.get('refused', 0)} attacks refused, "
             f"{w.get('attack_accepted', 0)} attacks accepted; while Redis was down {w.get('unavailable', 0)} answered "
             f"503 JSON and {w.get('outage_other', 0)} something else ({outages or 'none'}); "
             f"{w.get('5xx', 0)} other 5xx   claims missing from panels: {self.widget_claims_missing}, "

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from typing import Any, Callable
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -131,18 +131,26 @@ def _tamper(header: str) -> str:
 _WIDGET_FIGURES = ("ok", "refused", "attack_accepted", "unavailable", "5xx", "outage_other")
 
 
+def iframe_target(iframe_url: str, email: str) -> str:
+    """The path and query a helpdesk's iframe asks for: the provisioned URL, ``{email}`` filled in."""
+    filled = iframe_url.replace("{email}", quote(email, safe=""))
+    return filled[filled.index("/widgets/"):]
+
+
 class WidgetReader:
-    """Loads a signed panel every 0.25 s for a customer already sent; one request in four is an attack.
+    """Loads a panel every 0.25 s for a customer already sent, half of them through the store's
+    iframe URL and half signed; one request in four is an attack.
 
     Attacks (unsigned, tampered MAC, another store's secret, expired by 301 s, signed for another
-    query) must be answered 401. A 5xx while Redis is away (or reconnecting) must be a 503 with a
-    JSON error; any other 5xx is a failure.
+    query; another store's iframe token, a tampered token) must be answered 401. A 5xx while
+    Redis is away (or reconnecting) must be a 503 with a JSON error; any other 5xx is a failure.
     """
 
-    def __init__(self, serve_url: str, seed: int, store_ids: list[str], signing: dict[str, str], sender: Sender,
-                 *, redis_unsettled: Callable[[], bool], stop: threading.Event, counter: Counter,
-                 checked: Checked, helpdesk_of: dict[str, str]) -> None:
+    def __init__(self, serve_url: str, seed: int, store_ids: list[str], signing: dict[str, str],
+                 iframes: dict[str, str], sender: Sender, *, redis_unsettled: Callable[[], bool],
+                 stop: threading.Event, counter: Counter, checked: Checked, helpdesk_of: dict[str, str]) -> None:
         self.serve_url, self.store_ids, self.signing, self.sender = serve_url, store_ids, signing, sender
+        self.iframes = iframes
         self.helpdesk_of = helpdesk_of
         self.redis_unsettled, self.stop, self.counter, self.checked = redis_unsettled, stop, counter, checked
         self.rng = random.Random(seed + 1)
@@ -154,8 +162,11 @@ class WidgetReader:
             claim = self.sender.random_sent_claim(self.rng)
             if claim is None:
                 continue
-            target = f"/widgets/{self.helpdesk_of[claim.store_id]}/{claim.store_id}?{urlencode({'email': claim.email})}"
-            attack, headers = self._headers(claim, target)
+            if self.rng.random() < 0.5:
+                attack, target, headers = self._framed(claim)
+            else:
+                target = f"/widgets/{self.helpdesk_of[claim.store_id]}/{claim.store_id}?{urlencode({'email': claim.email})}"
+                attack, headers = self._headers(claim, target)
             try:
                 answer = self.checked(client.get(target, headers=headers), "GET widget")
             except httpx.HTTPError:
@@ -163,6 +174,23 @@ class WidgetReader:
                 continue
             self._count(attack, answer)
         client.close()
+
+    def _framed(self, claim: Claim) -> tuple[bool, str, dict[str, str]]:
+        """(is it an attack, the target, the headers) for the iframe way in: no custom header at all."""
+        wrng, store = self.rng, claim.store_id
+        target = iframe_target(self.iframes[store], claim.email)
+        attack = wrng.random() < 0.25
+        if attack:
+            token = target.split("token=", 1)[1].split("&", 1)[0]
+            other = wrng.choice([s for s in self.store_ids if s != store] or self.store_ids)
+            forged = {"token_other_store": iframe_target(self.iframes[other], claim.email).split("token=", 1)[1]
+                      .split("&", 1)[0],
+                      "token_tampered": token[:-1] + ("A" if token[-1] != "A" else "B")}[
+                wrng.choice(["token_other_store", "token_tampered"])]
+            target = target.replace(token, forged)
+        else:
+            self.counter.add("widget_iframe_requests")
+        return attack, target, {"accept": wrng.choice(["application/json", "text/html"])}
 
     def _headers(self, claim: Claim, target: str) -> tuple[bool, dict[str, str]]:
         """(is it an attack, the request headers): a good signature, or one of five bad ones."""

@@ -17,8 +17,8 @@ or resolved within a second of their creation (a few even before it), some chang
 that must not snooze, about one event in ten delivered twice. The sender retries on 503 and on
 connection errors, as Order Protection redelivers. Meanwhile a random worker is SIGKILLed every
 few seconds and restarted, and Redis is SIGKILLed once, when half the events are out, and
-restarted on the same port from its AOF. A widget reader loads signed panels throughout (and
-unsigned or tampered ones, which must be refused).
+restarted on the same port from its AOF. A widget reader loads panels throughout, half through
+each store's iframe URL and half signed (and forged, tampered or unsigned ones, which must be refused).
 
 When the faults stop, the run waits for the system to settle on its own, then judges it from
 what each sandbox received (not from opcore's bookkeeping): every claim has exactly one ticket in
@@ -153,6 +153,7 @@ class _Run:
         self.http = httpx.Client(base_url=self.cluster.serve_url, timeout=10, limits=httpx.Limits(max_connections=64))
         self.admin = {"Authorization": f"Bearer {admin_token}"}
         self.signing: dict[str, str] = {}
+        self.iframes: dict[str, str] = {}
 
     def _log(self, message: str) -> None:
         if self.progress is not None:
@@ -184,8 +185,10 @@ class _Run:
             raise RuntimeError(f"store {store} could not be configured: {answer.status_code} {answer.text}")
         answer = self.http.post(f"{path}/widget", headers=self.admin)
         answer.raise_for_status()  # the one answer that carries a secret, by design: not scanned
-        self.signing[store] = answer.json()["signing_secret"]
+        self.signing[store], self.iframes[store] = answer.json()["signing_secret"], answer.json()["iframe_url"]
         self.scanner.secrets[f"widget signing secret of {store}"] = self.signing[store].encode()
+        token = self.iframes[store].split("token=", 1)[1].split("&", 1)[0]
+        self.scanner.secrets[f"widget iframe token of {store}"] = token.encode()
         checked(self.http.get(path, headers=self.admin), "GET settings")
 
     # -- sending, under faults --------------------------------------------------------------
@@ -202,7 +205,7 @@ class _Run:
                              checked=self.scanner.scan_answer, notes=self.result.notes)
         self.faults = Faults(self.cluster, self.sender, self.rng, kill_every=kill_every, kills=kills,
                              redis_restart=redis_restart, stop=self.stop, counter=self.counter, progress=self.progress)
-        reader = WidgetReader(self.cluster.serve_url, self.seed, self.store_ids, self.signing, self.sender,
+        reader = WidgetReader(self.cluster.serve_url, self.seed, self.store_ids, self.signing, self.iframes, self.sender,
                               redis_unsettled=self.cluster.redis_unsettled, stop=self.stop, counter=self.counter,
                               checked=self.scanner.scan_answer, helpdesk_of=self.helpdesk_of)
         self.faults.on.set()
@@ -283,7 +286,7 @@ class _Run:
                        accepted_at=self.sender.accepted_at)
         result.ingress_seconds = percentiles(self.sender.ingress_latency)
         judge_redis(r, result, self.claims, self.helpdesk_of)
-        check_widget_panels(self.http, self.claims, self.signing, result, self.scanner.scan_answer, self.helpdesk_of)
+        check_widget_panels(self.http, self.claims, self.signing, self.iframes, result, self.scanner.scan_answer, self.helpdesk_of)
         result.widget = WidgetReader.figures(counter)
         if result.widget["outage_other"]:
             result.notes.append(f"FINDING: while Redis was down the widget answered {result.widget['outage_other']} "
