@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import click
 import fakeredis
@@ -257,12 +258,13 @@ def _widget_example(console: Console, http: httpx.Client, host: Any, admin: dict
     if panel is None:
         return
     widget = http.post(f"/internal/integrations/{plugin}/stores/{p.store_id}/widget", headers=admin).json()
-    example = panel.signed_request_example(p.store_id, CUSTOMERS[0][0], base_url)
+    email = CUSTOMERS[0][0]
+    console.print(f"\n{plugin} widget for {email}, to open in a browser (the iframe URL with {{email}} filled in):")
+    console.print("  " + widget["iframe_url"].replace("{email}", quote(email, safe="")), soft_wrap=True)
+    example = panel.signed_request_example(p.store_id, email, base_url)
     header = "; ".join(f"{k}: {v}" for k, v in example["headers"].items())
-    console.print(f"\nWidget for {CUSTOMERS[0][0]} (signature valid until {example['valid_until']}):")
-    console.print(f"  curl -H '{header}' '{example['url']}'", soft_wrap=True)
-    console.print(f"  signing secret for this store: {widget['signing_secret'][:8]}… "
-                  f"(from POST /internal/integrations/{plugin}/stores/{p.store_id}/widget)")
+    console.print(f"  or signed (valid until {example['valid_until']}): curl -H '{header}' '{example['url']}'",
+                  soft_wrap=True)
 
 
 def register(cli: click.Group) -> None:

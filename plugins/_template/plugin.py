@@ -144,8 +144,18 @@ def register_routes(host: Host) -> Routes:
         found = await run_in_threadpool(stores.read, host, NAME, request.path_params["store_id"])
         return JSONResponse(stores.view(found)) if found else JSONResponse({"error": "not configured"}, 404)
 
+    async def delete(request: Request) -> Response:
+        # The host revokes the store's widget before this runs (every plugin's DELETE does).
+        store_id = request.path_params["store_id"]
+        if problem := id_problem("store_id", store_id):
+            return JSONResponse({"error": problem}, 422)
+        if not await run_in_threadpool(stores.forget, host, NAME, store_id):
+            return JSONResponse({"error": "not configured"}, 404)
+        return JSONResponse(stores.view(await run_in_threadpool(stores.read, host, NAME, store_id)))
+
     return Routes(internal=[Route("/stores/{store_id}", put, methods=["PUT"]),
-                            Route("/stores/{store_id}", get, methods=["GET"])])
+                            Route("/stores/{store_id}", get, methods=["GET"]),
+                            Route("/stores/{store_id}", delete, methods=["DELETE"])])
 
 
 @hookimpl

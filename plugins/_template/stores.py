@@ -73,6 +73,19 @@ def save(host: Host, plugin: str, store_id: str, update: SettingsUpdate, *, cred
     return merged
 
 
+def forget(host: Host, plugin: str, store_id: str) -> bool:
+    """Disable the store and drop its token (the settings ``DELETE``); whether it was configured."""
+    key = settings_key(host, plugin, store_id)
+    with host.redis.pipeline(transaction=True) as pipe:
+        pipe.exists(key)
+        pipe.hset(key, mapping={"enabled": "0", "credentials": "unchecked"})
+        pipe.hdel(key, TOKEN, "last_error")
+        existed, *_ = pipe.execute()
+    if not existed:
+        host.redis.delete(key)  # nothing was configured: leave nothing behind
+    return bool(existed)
+
+
 def rotate(host: Host, plugin: str) -> int:
     """Re-seal every stored token under the newest master key; returns how many changed."""
     count = 0

@@ -54,12 +54,13 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def _body(request: Request) -> Any:
-    """The JSON body, or a SettingsError an admin can act on."""
+    """The JSON body, or a SettingsError an admin can act on, with the ingress's status for the
+    same fault (400 not JSON, 413 too large), so every door of the service answers alike."""
     try:
         return await read_json(request, MAX_BODY)
     except BodyError as exc:
         raise SettingsError(f"{exc.message}; send e.g. {{\"api_key\": \"rp_...\", "
-                            f"\"default_channel\": \"email\", \"enabled\": true}}") from None
+                            f"\"default_channel\": \"email\", \"enabled\": true}}", status=exc.status) from None
 
 
 def internal_routes(host: Host) -> list[Route]:

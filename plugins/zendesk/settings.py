@@ -18,7 +18,9 @@ class ZendeskSettings(BaseSettings):
     #: Seconds before an unanswered request counts as lost.
     timeout_seconds: float = Field(default=10.0, gt=0)
     #: Domains allowed to frame the widget (Content-Security-Policy frame-ancestors).
-    frame_ancestors: str = "https://*.zendesk.com"
+    #: A sidebar app's own page is served from zdusercontent.com inside zendesk.com, and CSP
+    #: checks every ancestor, so both are needed for the panel to show in an app.
+    frame_ancestors: str = "https://*.zendesk.com https://*.zdusercontent.com"
 
     @field_validator("api_url")
     @classmethod

@@ -298,6 +298,8 @@ def test_the_zendesk_panel_opens_in_a_plain_iframe_until_the_store_is_deleted(zd
     made = client.post(f"{URL}/widget", headers=ADMIN).json()
     url = made["iframe_url"].replace("{email}", "ana%40example.com").removeprefix("http://testserver")
     assert url.startswith(f"/widgets/zendesk/{STORE}?token=")
+    csp = client.get(url).headers["content-security-policy"]  # an app's page, inside Zendesk, frames it
+    assert csp.endswith("frame-ancestors https://*.zendesk.com https://*.zdusercontent.com")
     wait_for(lambda: client.get(url, headers={"Accept": "application/json"}).json()["claims"])
     page = client.get(url, headers={"Accept": "application/json"})
     assert page.status_code == 200 and page.json()["claims"][0]["claim_number"] == "OP-1042"

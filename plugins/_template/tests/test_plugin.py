@@ -189,7 +189,7 @@ def test_a_rejected_token_parks_the_work_until_a_valid_one_is_saved(desk):
     assert host.delivery(NAME).parked_count(STORE) == 0 and len(stand_in.sent("POST")) == 2
 
 
-def test_the_widget_panel_answers_signed_requests_only(desk):
+def test_the_widget_panel_answers_its_iframe_url_and_signed_requests_only(desk):
     host, worker, stand_in, client = desk
     event = claim_created()
     post(client, event)
@@ -201,6 +201,10 @@ def test_the_widget_panel_answers_signed_requests_only(desk):
     panel = client.get(signed["url"], headers={**signed["headers"], "Accept": "application/json"})
     assert panel.status_code == 200
     assert [c["claim_id"] for c in panel.json()["claims"]] == [event["body"]["claim_id"]]
+    framed = provisioned.json()["iframe_url"].replace("{email}", "ana%40example.com")
+    assert client.get(framed, headers={"Accept": "application/json"}).json() == panel.json()  # no header needed
+    assert client.delete(f"/internal/integrations/{NAME}/stores/{STORE}", headers=ADMIN).status_code == 200
+    assert client.get(framed).status_code == 401  # deleting the store's settings revoked its widget
 
 
 def test_a_store_without_this_helpdesk_gets_nothing(desk):
