@@ -65,11 +65,10 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
         routes: Routes = host.call_plugin(name, "register_routes", host=host) or Routes()
         panel = host.panel(name)
         plugin_internal = routes.internal + (panel.internal_routes() if panel else [])
-        if panel:
-            plugin_internal = panel.revoking_on_store_delete(plugin_internal)
         plugin_widget = routes.widget + (panel.widget_routes() if panel else [])  # the panel's /{store_id} last
         if plugin_internal:
-            internal.append(Mount(f"/integrations/{name}", routes=plugin_internal))
+            revoking = [Middleware(panel.revoking_on_store_delete)] if panel else []  # a store's DELETE ends its widget
+            internal.append(Mount(f"/integrations/{name}", routes=plugin_internal, middleware=revoking))
         if plugin_widget:
             widgets.append(Mount(f"/{name}", routes=plugin_widget))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The admin token, which the operator chooses, must be long enough not to be guessed. The
@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     namespace: str = "opcore"
     #: Largest webhook body accepted, in bytes.
     max_body_bytes: int = 256 * 1024
+    #: How long a claim's records (read model, delivery record) live after its last event, in days.
+    retention_days: float = Field(400.0, gt=0)
     #: How long accepted event ids are remembered (the contract says at least 7 days).
     event_ttl_seconds: int = 8 * 24 * 3600
     #: After this long without a heartbeat, a worker counts as dead and the messages it held
@@ -76,15 +78,20 @@ class Settings(BaseSettings):
         process here. The master key is decoded here too, so a malformed one stops ``serve`` at
         start instead of failing the first settings change with a 503.
         """
-        missing, short = [], []
+        missing, short, padded = [], [], []
         for name in names:
             value = getattr(self, name)
             text = value.get_secret_value() if isinstance(value, SecretStr) else value
             if text is None or not str(text).strip():
                 missing.append(f"OPCORE_{name.upper()}")
+            elif isinstance(value, SecretStr) and name != "master_key" and text != text.strip():
+                padded.append(f"OPCORE_{name.upper()}")  # a header's value is trimmed: it could never match
             elif name in _PRESENTED and len(text) < MIN_SECRET_CHARS:
                 short.append(f"OPCORE_{name.upper()}")
         problems = []
+        if padded:
+            problems.append(", ".join(padded) + " begin(s) or end(s) with whitespace, which a request header "
+                            "can never carry: remove it")
         if missing:
             problems.append("missing configuration (unset, empty or blank): " + ", ".join(missing)
                             + ". Set them in the environment (see README, 'Configuration')")

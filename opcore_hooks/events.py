@@ -188,6 +188,8 @@ class Event(BaseModel):
     topic: Topic
     created_at: datetime | None = None
     body: ClaimCreated | ClaimStatusChanged | OrderUpserted
+    #: When the ingress accepted it (unix seconds): where the claim-to-ticket time starts.
+    received_at: float | None = None
 
     @property
     def store_id(self) -> str:
@@ -214,6 +216,7 @@ def event_from_json(data: dict[str, Any]) -> Event:
         topic=data["topic"],
         created_at=data.get("created_at"),
         body=parse_body(data["topic"], data["body"]),
+        received_at=data.get("received_at"),
     )
 
 
@@ -221,4 +224,5 @@ def received_form(data: dict[str, Any], event: Event) -> dict[str, Any]:
     """The broker form of an event as Order Protection sent it (``data``), once it has validated
     into ``event``: its topic normalized, its body untouched. ``event_from_json`` parses it with
     the same ``parse_body`` into the same event, and it costs no second serialization."""
-    return {"id": event.id, "topic": event.topic, "created_at": data.get("created_at"), "body": data["body"]}
+    return {"id": event.id, "topic": event.topic, "created_at": data.get("created_at"), "body": data["body"],
+            "received_at": event.received_at}

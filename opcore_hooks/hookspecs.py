@@ -107,7 +107,7 @@ def on_claim_created(host: Host, event: Event, claim: ClaimCreated) -> None:
     """A new claim was accepted at the ingress; called in a worker, once per plugin.
 
     Do the minimum here: a helpdesk plugin hands the claim to its delivery
-    (``host.delivery(<plugin>).claim_created(claim)``), which skips stores that do not use it;
+    (``host.delivery(<plugin>).claim_created(claim, event)``), which skips stores that do not use it;
     a plugin without one enqueues its own actor. If this raises, the host retries this call for
     this plugin alone with backoff; other plugins are unaffected. Dramatiq delivers at least
     once, so the same claim may arrive again: the plugin's work must be idempotent per claim.

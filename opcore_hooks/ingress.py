@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from dramatiq.errors import BrokerError
@@ -83,7 +84,7 @@ class Ingress:
             details = describe_errors(exc, "body")
             fields = ", ".join(d["field"] for d in details)
             return error(422, f"the {topic} body is invalid: {fields}", details)
-        event = Event(id=envelope.id, topic=topic, created_at=envelope.created_at, body=body)
+        event = Event(id=envelope.id, topic=topic, created_at=envelope.created_at, body=body, received_at=time.time())
         # Enqueued as it came, validated: dumping the models again cost more than validating them.
         return await self._accept(event, received_form(data, event))
 

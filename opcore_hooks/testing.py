@@ -182,5 +182,5 @@ def feed(host: Host, *envelopes: dict[str, Any]) -> None:
     for envelope in envelopes:
         topic = normalize_topic(envelope["topic"])
         event = Event(id=envelope["id"], topic=topic, created_at=envelope.get("created_at"),
-                      body=parse_body(topic, envelope["body"]))
+                      body=parse_body(topic, envelope["body"]), received_at=time.time())
         host.dispatcher.dispatch(event.model_dump(mode="json"))

@@ -46,6 +46,8 @@ BAD_VALUES = {
     "admin-token-empty": ("OPCORE_ADMIN_TOKEN", ""),
     "admin-token-blank": ("OPCORE_ADMIN_TOKEN", "   "),
     "admin-token-short": ("OPCORE_ADMIN_TOKEN", "short-token"),
+    "admin-token-padded": ("OPCORE_ADMIN_TOKEN", "admin_test_token_0123456789 "),
+    "webhook-secret-padded": ("OPCORE_WEBHOOK_SECRET", " whsec_test_0123456789"),
     "webhook-secret-blank": ("OPCORE_WEBHOOK_SECRET", " "),
     "webhook-secret-empty": ("OPCORE_WEBHOOK_SECRET", ""),
     "master-key-empty": ("OPCORE_MASTER_KEY", ""),

@@ -51,7 +51,7 @@ def test_a_copy_takes_its_name_from_its_folder(acme: Path, monkeypatch):
 
 def test_a_copy_whose_claim_hook_is_broken_fails_its_tests(acme: Path):
     source = (acme / "plugin.py").read_text()
-    hook = "    host.delivery(NAME).claim_created(claim)"
+    hook = "    host.delivery(NAME).claim_created(claim, event)"
     assert hook in source
     (acme / "plugin.py").write_text(source.replace(hook, "    raise RuntimeError('broken copy')"))
     result = run_tests(acme)

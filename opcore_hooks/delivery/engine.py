@@ -31,9 +31,10 @@ import logging
 import random
 import time
 from dataclasses import dataclass, replace
+from datetime import timezone
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
-from ..events import ClaimCreated, ClaimStatusChanged
+from ..events import ClaimCreated, ClaimStatusChanged, Event
 from .helpdesk import Call, CredentialsRejected, Helpdesk, HelpdeskError, RateLimited, Refused
 from .ledger import EPSILON, Kind, Ledger, Snapshot, Turn, snapshot
 from .pacing import Pacer
@@ -62,6 +63,8 @@ class Job:
     #: Straight from the event: a store found disconnected meanwhile is skipped, as the hook
     #: skips it, rather than parked (parked work would be sent once the store reconnects).
     first: bool = False
+    #: When the ingress accepted the claim (unix seconds), for the claim-to-ticket histogram.
+    accepted_at: float | None = None
 
     @property
     def args(self) -> list[Any]:
@@ -109,11 +112,12 @@ class Delivery:
         self._actors = {"create": self.create_actor, "finish": self.finish_actor}
 
     # -- what the plugin's hooks call ------------------------------------------------------
-    def claim_created(self, claim: ClaimCreated) -> None:
+    def claim_created(self, claim: ClaimCreated, event: Event | None = None) -> None:
         """Open the claim's ticket now if its pacing allows, else at its slot; stores that
-        do not use this helpdesk are skipped."""
+        do not use this helpdesk are skipped. ``event`` (the hook's) dates the claim's arrival."""
         if self._configured(claim.store_id, enabled=True):
-            self.run(Job("create", claim.store_id, claim.claim_id, claim=claim, first=True))
+            self.run(Job("create", claim.store_id, claim.claim_id, claim=claim, first=True,
+                         accepted_at=event.received_at if event else None))
 
     def claim_status_changed(self, change: ClaimStatusChanged) -> None:
         """A finished claim's ticket is finished: now if it exists, else right after it is created."""
@@ -157,8 +161,11 @@ class Delivery:
         self.redis.hincrby(self.ledger.stats_key, stat, by)
 
     def stats(self) -> dict[str, int]:
-        """Counters since the deployment began: tickets, finishes, adopted, rate_limited, ..."""
-        return {k.decode(): int(v) for k, v in self.redis.hgetall(self.ledger.stats_key).items()}
+        """Counters since the deployment began: tickets, finishes, adopted, rate_limited,
+        dead_create, dead_finish (and dead_letters, their sum), ..."""
+        found = {k.decode(): int(v) for k, v in self.redis.hgetall(self.ledger.stats_key).items()}
+        dead = found.get("dead_create", 0) + found.get("dead_finish", 0)
+        return {**found, "dead_letters": dead} if dead else found
 
     def store(self, store_id: str, *, fresh: bool = False) -> tuple[Snapshot, Any]:
         """The store's settings and their snapshot; from this process's cache unless ``fresh``.
@@ -186,9 +193,10 @@ class Delivery:
         return False
 
     # -- actors ----------------------------------------------------------------------------
-    def create_ticket(self, store_id: str, claim: dict[str, Any], slot: float | None = None, attempt: int = 0) -> None:
+    def create_ticket(self, store_id: str, claim: dict[str, Any], slot: float | None = None, attempt: int = 0,
+                      accepted_at: float | None = None) -> None:
         model = ClaimCreated.model_validate(claim)
-        self.run(Job("create", store_id, model.claim_id, slot, attempt, model, claim))
+        self.run(Job("create", store_id, model.claim_id, slot, attempt, model, claim, accepted_at=accepted_at))
 
     def finish_ticket(self, store_id: str, claim_id: str, slot: float | None = None, attempt: int = 0) -> None:
         self.run(Job("finish", store_id, claim_id, slot, attempt))
@@ -202,7 +210,9 @@ class Delivery:
             self._run(job)
         except Rescheduled as again:
             actor, later = self._actors[again.job.kind], again.job
-            kwargs = {"slot": later.slot, "attempt": later.attempt}
+            kwargs: dict[str, Any] = {"slot": later.slot, "attempt": later.attempt}
+            if later.kind == "create" and later.accepted_at is not None:
+                kwargs["accepted_at"] = later.accepted_at
             if again.delay > EPSILON:
                 actor.send_with_options(args=tuple(later.args), kwargs=kwargs, delay=int(again.delay * 1000) + 1)
             else:
@@ -210,6 +220,8 @@ class Delivery:
 
     def _run(self, job: Job) -> None:
         helpdesk = self.helpdesk
+        if job.kind == "create" and job.slot is None and self._may_have_expired(job.claim):
+            self.ledger.look_up_first(job.store_id, job.claim_id)
         for _ in range(3):
             snap, config = self.store(job.store_id)
             if not self._usable(config):
@@ -245,6 +257,16 @@ class Delivery:
         if finish == "wanted":
             self.request_finish(job.store_id, job.claim_id)
 
+    def _may_have_expired(self, claim: ClaimCreated | None) -> bool:
+        """Whether the claim is old enough that its record may have expired (with a day to spare):
+        its create then asks the helpdesk first. A younger claim's record, if it ever had a
+        ticket, is still there: it lives the retention period after its last event."""
+        if claim is None or claim.created_at is None:
+            return False
+        created = claim.created_at.timestamp() if claim.created_at.tzinfo else claim.created_at.replace(
+            tzinfo=timezone.utc).timestamp()
+        return time.time() - created > self.ledger.retention_ms / 1000 - 86_400
+
     def _unusable(self, job: Job, config: Any) -> None:
         """No usable credentials (store disconnected, or rejected): park what is still to do."""
         if job.first and (config is None or not self.helpdesk.enabled(config)):
@@ -272,7 +294,7 @@ class Delivery:
                 existing = self._send(call, lambda c: helpdesk.find_ticket(c, claim), count=True)
                 if existing is not None:
                     return ledger.finish(job.store_id, job.claim_id, turn,
-                                         {"ticket_id": str(existing), "pending": "0"}, "adopted")
+                                         {"ticket_id": str(existing), "pending": "0"}, "adopted", self._since(job))
                 self._next_request(job, turn)
                 step = "create"
             ticket_id = self._send(call, lambda c: helpdesk.create_ticket(c, claim), count=True)
@@ -293,7 +315,13 @@ class Delivery:
             self.transient(job, exc)
             return None
         return ledger.finish(job.store_id, job.claim_id, turn,
-                             {"ticket_id": str(ticket_id), "pending": "0", "created_at": repr(time.time())}, "tickets")
+                             {"ticket_id": str(ticket_id), "pending": "0", "created_at": repr(time.time())}, "tickets",
+                             self._since(job))
+
+    @staticmethod
+    def _since(job: Job) -> float | None:
+        """Seconds from the claim's acceptance to now, when the job knows it."""
+        return None if job.accepted_at is None else time.time() - job.accepted_at
 
     def _next_request(self, job: Job, turn: Turn) -> None:
         """After a lookup found nothing: clear ``pending`` and be admitted for the create."""
@@ -363,7 +391,7 @@ class Delivery:
 
     def dead(self, job: Job, reason: str) -> None:
         actor = self._actors[job.kind].actor_name
-        self.count("dead_letters")
+        self.count(f"dead_{job.kind}")
         log.error("%s: %s for claim %r of store %r is a dead letter: %r", self.plugin, actor, job.claim_id,
                   job.store_id, reason)
         self.host.dead_letters.add(actor, job.args, reason=reason, store_id=job.store_id, claim_id=job.claim_id)

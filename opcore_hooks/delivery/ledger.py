@@ -74,23 +74,44 @@ if ARGV[2] == 'create' and pending ~= '1' then redis.call('HSET', KEYS[2], 'pend
 return {'go', ticket, finish, pending}
 """
 
-# KEYS: claim hash, stats hash, sent zset, claim lock.
-# ARGV: stat ('' for none), sent member ('' for none), answer time, lock token, then field/value pairs.
+# KEYS: claim hash, stats hash, sent zset, claim lock, latency histogram hash.
+# ARGV: stat ('' for none), sent member ('' for none), answer time, lock token, retention ms,
+#       histogram bucket ('' for no observation), the observed seconds, then field/value pairs.
+# The record lives ``retention`` after its last write: each event's work writes it again.
 _FINISH = """
-if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
+if ARGV[6] ~= '' then
+  redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
+  redis.call('HINCRBY', KEYS[5], 'count', 1)
+  redis.call('HINCRBYFLOAT', KEYS[5], 'sum', ARGV[7])
+end
 if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[2]) end
 if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
 return redis.call('HGET', KEYS[1], 'finish')
 """
 
-# KEYS: claim hash. "done" stays done; returns the ticket id when a finish is wanted and possible.
+# KEYS: claim hash. ARGV: retention ms. "done" stays done; returns the ticket id when a finish
+# is wanted and possible.
 _WANT_FINISH = """
 redis.call('HSETNX', KEYS[1], 'finish', 'wanted')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 local c = redis.call('HMGET', KEYS[1], 'finish', 'ticket_id')
 if c[1] == 'wanted' and c[2] then return c[2] end
 return false
 """
+
+#: Upper bounds (seconds) of the claim-to-ticket histogram's buckets; +Inf is implied.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
+
+
+def bucket_of(seconds: float) -> str:
+    """The histogram field counting ``seconds``: the index of the first bound it fits, or 'inf'."""
+    for index, bound in enumerate(LATENCY_BUCKETS):
+        if seconds <= bound:
+            return str(index)
+    return "inf"
 
 
 @dataclass(frozen=True)
@@ -138,6 +159,8 @@ class Ledger:
         self.lock_ms = lock_ms
         self.store_key = store_key
         self.stats_key = host.key(plugin, "stats")
+        self.latency_key = host.key(plugin, "latency")
+        self.retention_ms = int(host.settings.retention_days * 86_400_000)
         self._begin = host.redis.register_script(_BEGIN)
         self._finish = host.redis.register_script(_FINISH)
         self._want_finish = host.redis.register_script(_WANT_FINISH)
@@ -153,6 +176,18 @@ class Ledger:
 
     def set(self, store_id: str, claim_id: str, **fields: str) -> None:
         self.redis.hset(self.claim_key(store_id, claim_id), mapping=fields)
+
+    def look_up_first(self, store_id: str, claim_id: str) -> None:
+        """Make the claim's next create ask the helpdesk first, unless the claim has a record.
+
+        For a claim old enough that its record may have expired (retention): a late event must
+        find the ticket the helpdesk still holds rather than open a second one.
+        """
+        key = self.claim_key(store_id, claim_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "pending", "1")
+            pipe.pexpire(key, self.retention_ms)
+            pipe.execute()
 
     def begin(self, kind: Kind, store_id: str, claim_id: str, scope: str, store_snapshot: Snapshot,
               slot: float | None, now: float | None = None) -> Turn:
@@ -179,21 +214,25 @@ class Ledger:
         return turn
 
     def finish(self, store_id: str, claim_id: str, turn: Turn, fields: Mapping[str, str] | None = None,
-               stat: str | None = None) -> str | None:
-        """Record ``fields`` and count ``stat``; stamp the answer for pacing and release the lock.
+               stat: str | None = None, latency: float | None = None) -> str | None:
+        """Record ``fields`` and count ``stat`` (and ``latency`` seconds in the claim-to-ticket
+        histogram); stamp the answer for pacing, release the lock, and keep the record for the
+        retention period from now.
 
         Returns the claim's ``finish`` field as it stands after the write.
         """
-        args = [stat or "", turn.member, repr(time.time()), turn.token]
+        observed = max(0.0, latency) if latency is not None else None
+        args = [stat or "", turn.member, repr(time.time()), turn.token, self.retention_ms,
+                "" if observed is None else bucket_of(observed), repr(observed or 0.0)]
         for name, value in (fields or {}).items():
             args += [name, value]
         keys = [self.claim_key(store_id, claim_id), self.stats_key,
                 self.pacer.keys(turn.scope)[3] if turn.scope else self.host.key(self.plugin, "-"),
-                self._lock_key(store_id, claim_id)]
+                self._lock_key(store_id, claim_id), self.latency_key]
         finish = self._finish(keys=keys, args=args)
         turn.finished = True
         return _text(finish)
 
     def want_finish(self, store_id: str, claim_id: str) -> str | None:
         """Mark the claim's ticket for finishing; its id when it exists and is not finished yet."""
-        return _text(self._want_finish(keys=[self.claim_key(store_id, claim_id)]))
+        return _text(self._want_finish(keys=[self.claim_key(store_id, claim_id)], args=[self.retention_ms]))

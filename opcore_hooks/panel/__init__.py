@@ -11,16 +11,15 @@ live in ``secrets.py``, HTML and headers in ``render.py``, HTTP in ``routes.py``
 
 from __future__ import annotations
 
-import inspect
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..ids import id_problem
 
@@ -34,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["GRACE_SECONDS", "Panel", "Provisioned", "WidgetPanel"]
 
 log = logging.getLogger("opcore.panel")
+
+#: A plugin's store settings path, under its internal mount (a trailing slash redirects to it).
+_STORE_PATH = re.compile(r"/stores/([^/]+)/?")
 
 
 @dataclass(frozen=True)
@@ -76,30 +78,24 @@ class WidgetPanel:
             raise LookupError(f"store {store_id!r} has no widget; provision it first")
         return routes.iframe_url(self.plugin, store_id, found[0], base_url)
 
-    def revoking_on_store_delete(self, plugin_routes: list[BaseRoute]) -> list[BaseRoute]:
-        """The plugin's internal routes, with its ``DELETE /stores/{store_id}`` also revoking the widget.
+    def revoking_on_store_delete(self, app: ASGIApp) -> ASGIApp:
+        """ASGI middleware for the plugin's internal mount: ``DELETE /stores/{store_id}`` also
+        revokes the store's widget, whatever the plugin's own route looks like.
 
         The contract makes deleting a store's settings end its widget; doing it here means no
         plugin can forget to. The widget is revoked first, so a settings delete that fails
-        half-way still leaves no way into the store's customers.
+        half-way still leaves no way into the store's customers, and a retry revokes again.
         """
-        wrapped: list[BaseRoute] = []
-        for route in plugin_routes:
-            if (isinstance(route, Route) and route.path == "/stores/{store_id}" and "DELETE" in (route.methods or ())):
-                route = Route(route.path, self._revoke_first(route.endpoint), methods=["DELETE"], name=route.name)
-            wrapped.append(route)
-        return wrapped
 
-    def _revoke_first(self, endpoint: Any) -> Any:
-        async def delete_store(request: Request) -> Response:
-            store_id = request.path_params["store_id"]
-            if id_problem("store_id", store_id) is None:
-                await run_in_threadpool(self.revoke, store_id)
-            if inspect.iscoroutinefunction(endpoint):
-                return await endpoint(request)
-            return await run_in_threadpool(endpoint, request)
+        async def revoking(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["method"] == "DELETE":
+                path, root = scope["path"], scope.get("root_path", "")
+                found = _STORE_PATH.fullmatch(path[len(root):] if path.startswith(root) else path)
+                if found and id_problem("store_id", found[1]) is None:  # the path is decoded already
+                    await run_in_threadpool(self.revoke, found[1])
+            await app(scope, receive, send)
 
-        return delete_store
+        return revoking
 
     def active_secrets(self, store_id: str, now: float) -> list[str] | None:
         return self.secrets.active(store_id, now)

@@ -77,7 +77,7 @@ def register_panel(host: Host) -> Panel:
 
 @hookimpl
 def on_claim_created(host: Host, event: Event, claim: ClaimCreated) -> None:
-    host.delivery(NAME).claim_created(claim)  # skips stores that do not use this helpdesk
+    host.delivery(NAME).claim_created(claim, event)  # skips stores that do not use this helpdesk
 
 
 @hookimpl

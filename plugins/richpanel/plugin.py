@@ -66,7 +66,7 @@ def register_demo() -> RichpanelDemo:
 
 @hookimpl
 def on_claim_created(host: Host, event: Event, claim: ClaimCreated) -> None:
-    host.delivery(NAME).claim_created(claim)
+    host.delivery(NAME).claim_created(claim, event)
 
 
 @hookimpl

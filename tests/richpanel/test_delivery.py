@@ -138,11 +138,11 @@ def test_a_worker_killed_between_create_and_record_does_not_open_a_second_ticket
     delivery = host.delivery("richpanel")
     real_finish, crashed = delivery.ledger.finish, threading.Event()
 
-    def crash_before_recording(store_id, claim_id, turn, fields=None, stat=None):
+    def crash_before_recording(store_id, claim_id, turn, fields=None, *more):
         if fields and "ticket_id" in fields and not crashed.is_set():
             crashed.set()  # the POST succeeded; the process dies before the id is written
             raise SystemExit("worker killed")
-        return real_finish(store_id, claim_id, turn, fields, stat)
+        return real_finish(store_id, claim_id, turn, fields, *more)
 
     monkeypatch.setattr(delivery.ledger, "finish", crash_before_recording)
     event = claim_created()
