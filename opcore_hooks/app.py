@@ -12,8 +12,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from .auth import BearerAuth
 from .host import Host
@@ -74,6 +77,10 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
 
     token = host.settings.admin_token.get_secret_value() if host.settings.admin_token else None
 
+    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        body = await run_in_threadpool(host.metrics.render)
+        await Response(body, media_type=CONTENT_TYPE_LATEST)(scope, receive, send)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Everything built so far lives as long as the process: keeping it out of the
@@ -95,6 +102,7 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
         exception_handlers=ERROR_HANDLERS,
         routes=[
             Route("/healthz", healthz),
+            Route("/metrics", BearerAuth(metrics, token=token), methods=["GET"]),
             Route("/webhooks/orderprotection", Ingress(host).handle, methods=["POST"]),
             Mount("/internal", routes=internal, middleware=[Middleware(BearerAuth, token=token)]),
             Mount("/widgets", routes=widgets),

@@ -48,13 +48,15 @@ HOOK_FOR_TOPIC = {
 }
 
 
-# KEYS: seen, msgs, queue, the store's in-flight counter, bulk msgs, bulk queue.
-# ARGV: seen ttl, message id, message, lane limit, the message's queue_name prefix, the bulk one.
+# KEYS: seen, msgs, queue, the store's in-flight counter, bulk msgs, bulk queue, event counters.
+# ARGV: seen ttl, message id, message, lane limit, the message's queue_name prefix, the bulk one,
+#       the topic (counted as "<topic>|accepted" or "<topic>|duplicate" for /metrics).
 # Dramatiq acks a message through the consumer of the queue its queue_name names, so a message
 # sent down the bulk lane must name it; Dramatiq's encoding puts queue_name first, which makes
 # swapping that prefix here exact and spares encoding and sending the event twice.
 _ACCEPT = """
 if redis.call('SET', KEYS[1], 'accepted', 'NX', 'EX', ARGV[1]) then
+  redis.call('HINCRBY', KEYS[7], ARGV[7] .. '|accepted', 1)
   local n = redis.call('INCR', KEYS[4])
   redis.call('EXPIRE', KEYS[4], 3600)
   local message = ARGV[3]
@@ -67,6 +69,7 @@ if redis.call('SET', KEYS[1], 'accepted', 'NX', 'EX', ARGV[1]) then
   redis.call('RPUSH', KEYS[3], ARGV[2])
   return 1
 end
+redis.call('HINCRBY', KEYS[7], ARGV[7] .. '|duplicate', 1)
 return 0
 """
 
@@ -169,8 +172,8 @@ class Dispatcher:
         encoded = self._encode_dispatch(event.model_dump(mode="json") if wire is None else wire, message_id, inflight)
         queue, msgs, bulk, bulk_msgs = self._lanes
         accepted = await self.committer.call(
-            [seen_key, msgs, queue, inflight, bulk_msgs, bulk],
-            [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE],
+            [seen_key, msgs, queue, inflight, bulk_msgs, bulk, self.host.metrics.events_key],
+            [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE, event.topic],
         )
         return bool(accepted)
 

@@ -22,6 +22,7 @@ from . import keys
 from .broker import Broker
 from .config import ConfigError, Settings
 from .deadletters import DeadLetters
+from .metrics import Metrics
 from .plugins import LoadedPlugins, load_plugins
 from .readmodel import ReadModel
 from .store import PinnedRedis, connect, pinned
@@ -56,6 +57,7 @@ class Host:
         self.pm = self.loaded.pm
         self.readmodel = ReadModel(self.redis, self.key("rm"), self.settings)
         self.dead_letters = DeadLetters(self.redis, self.key("dead"))
+        self.metrics = Metrics(self)
         self._plugin_settings: dict[str, BaseSettings] = {}
         for name in self.loaded.names():
             model = self.call_plugin(name, "register_settings")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from dramatiq.errors import BrokerError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -62,31 +63,45 @@ class Ingress:
         return self.host.key("seen", event_id)
 
     async def handle(self, request: Request) -> Response:
+        answer, topic = await self._handle(request)
+        if answer.status_code >= 400 and answer.status_code != 503:  # 503: nothing was decided
+            await self._count(topic, "refused")
+        return answer
+
+    async def _count(self, topic: str | None, outcome: str) -> None:
+        """Count an ignored or refused event for /metrics; a count lost to Redis never changes the answer."""
+        try:
+            await run_in_threadpool(self.host.metrics.count_event, topic, outcome)
+        except RedisError:
+            pass
+
+    async def _handle(self, request: Request) -> tuple[Response, str | None]:
         if self.secret is None or not secret_matches(request.headers.get("x-webhook-secret"), self.secret):
-            return error(401, "missing or wrong x-webhook-secret header")
+            return error(401, "missing or wrong x-webhook-secret header"), None
         try:
             data = await read_json(request, self.host.settings.max_body_bytes)
         except BodyError as exc:
-            return error(exc.status, exc.message)
+            return error(exc.status, exc.message), None
         if not isinstance(data, dict):
             return error(422, "body must be a JSON object (Order Protection's webhook envelope)",
-                         [{"field": "", "message": "expected an object", "type": "object_type"}])
+                         [{"field": "", "message": "expected an object", "type": "object_type"}]), None
         try:
             envelope = Envelope.model_validate(data)
         except ValidationError as exc:
-            return error(422, "the webhook envelope is invalid", describe_errors(exc))
+            return error(422, "the webhook envelope is invalid", describe_errors(exc)), None
         topic = normalize_topic(envelope.topic)
         if topic not in BODY_MODELS:
-            return JSONResponse({"status": "ignored", "topic": envelope.topic}, status_code=200)
+            await self._count(topic, "ignored")
+            return JSONResponse({"status": "ignored", "topic": envelope.topic}, status_code=200), topic
         try:
             body = parse_body(topic, envelope.body)
         except ValidationError as exc:
             details = describe_errors(exc, "body")
             fields = ", ".join(d["field"] for d in details)
-            return error(422, f"the {topic} body is invalid: {fields}", details)
+            return error(422, f"the {topic} body is invalid: {fields}", details), topic
         event = Event(id=envelope.id, topic=topic, created_at=envelope.created_at, body=body, received_at=time.time())
         # Enqueued as it came, validated: dumping the models again cost more than validating them.
-        return await self._accept(event, received_form(data, event))
+        return await self._accept(event, received_form(data, event)), topic
 
     async def _accept(self, event: Event, wire: dict[str, Any]) -> Response:
         try:

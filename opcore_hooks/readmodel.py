@@ -39,9 +39,19 @@ local function same(a, b)
 end
 """
 
+#: Every script's last argument is the retention in ms: each write keeps the keys it touches
+#: for that long again, so a customer's records go the retention period after their last event.
+_KEEP = """
+local TTL = ARGV[#ARGV]
+local function keep(...)
+  for _, key in ipairs({...}) do redis.call('PEXPIRE', key, TTL) end
+end
+"""
+
 # Apply a state change only when it is not older than the one applied last. Returns 1 when
 # applied, 0 when stale, -1 when the claim is not known yet (the change is parked for it).
-_SET_STATE = """
+# KEYS: claims, parked state, version, claim index. ARGV: claim id, state, event time, retention.
+_SET_STATE = _KEEP + """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then
   local parked = redis.call('GET', KEYS[2])
@@ -59,6 +69,7 @@ claim['claim_state'] = ARGV[2]
 claim['state_at'] = ARGV[3]
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(claim))
 redis.call('INCR', KEYS[3])
+keep(KEYS[1], KEYS[3], KEYS[4])
 return 1
 """
 
@@ -73,7 +84,7 @@ return 1
 # snapshots are compared as the bytes Python wrote, which json.dumps keeps in a stable key order.
 # set_profile updates the profile fields that differ (pairs from ARGV[first]); the version is
 # bumped only if one did.
-_WRITES = _SAME + """
+_WRITES = _SAME + _KEEP + """
 local function set_claim(claims, index, parked_key, version, claim_id, view_json, at, email)
   local view = cjson.decode(view_json)
   local raw = redis.call('HGET', claims, claim_id)
@@ -110,7 +121,7 @@ end
 
 local function set_profile(profile, version, args, first)
   local changed = 0
-  for i = first, #args, 2 do
+  for i = first, #args - 1, 2 do
     if redis.call('HGET', profile, args[i]) ~= args[i + 1] then
       redis.call('HSET', profile, args[i], args[i + 1])
       changed = 1
@@ -121,12 +132,20 @@ local function set_profile(profile, version, args, first)
 end
 """
 
-_SET_ORDER = _WRITES + "return set_order(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
-_SET_PROFILE = _WRITES + "return set_profile(KEYS[1], KEYS[2], ARGV, 1)"
+_SET_ORDER = _WRITES + """
+local changed = set_order(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+keep(KEYS[1], KEYS[2])
+return changed
+"""
+_SET_PROFILE = _WRITES + """
+local changed = set_profile(KEYS[1], KEYS[2], ARGV, 1)
+keep(KEYS[1], KEYS[2])
+return changed
+"""
 
 # KEYS: claims, claim index, parked state, version, profile, orders.
-# ARGV: claim id, claim view, event time, email, order ident ('' for none), order row, profile pairs...
-# Returns how many claims and orders the customer has, for the trim.
+# ARGV: claim id, claim view, event time, email, order ident ('' for none), order row, profile pairs...,
+#       retention. Returns how many claims and orders the customer has, for the trim.
 _RECORD_CLAIM = _WRITES + """
 set_claim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 set_profile(KEYS[5], KEYS[4], ARGV, 7)
@@ -135,6 +154,7 @@ if ARGV[5] ~= '' then
   set_order(KEYS[6], KEYS[4], ARGV[5], ARGV[6], ARGV[3])
   orders = redis.call('HLEN', KEYS[6])
 end
+keep(KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6])
 return {redis.call('HLEN', KEYS[1]), orders}
 """
 
@@ -228,6 +248,8 @@ class ReadModel:
         self.redis = client = pinned(client)
         self.prefix = prefix
         self.settings = settings
+        #: How long a customer's records live after their last write (OPCORE_RETENTION_DAYS).
+        self.retention_ms = int(settings.retention_days * 86_400_000)
         self._set_state = client.register_script(_SET_STATE)
         self._record_claim = client.register_script(_RECORD_CLAIM)
         self._set_order = client.register_script(_SET_ORDER)
@@ -278,7 +300,7 @@ class ReadModel:
             keys=[claims_key, self._k(store, "claim", claim.claim_id), self._k(store, "parked", claim.claim_id),
                   version, self._k(store, email, "profile"), orders_key],
             args=[claim.claim_id, view.model_dump_json(), _iso(event_time), email, ident, row,
-                  *self._profile_pairs(claim.customer)],
+                  *self._profile_pairs(claim.customer), self.retention_ms],
             then=trim,
         )
 
@@ -296,8 +318,9 @@ class ReadModel:
             email = self.redis.get(index)
             claims_key = self._k(change.store_id, email.decode(), "claims") if email else self._k("-", "-")
             version = self.version_key(change.store_id, email.decode()) if email else self._k("-", "-", "v")
-            applied = self._set_state(keys=[claims_key, parked, version],
-                                      args=[change.claim_id, change.claim_state.value, _iso(event_time)])
+            applied = self._set_state(keys=[claims_key, parked, version, index],
+                                      args=[change.claim_id, change.claim_state.value, _iso(event_time),
+                                            self.retention_ms])
             if applied != -1 or email is not None or not self.redis.exists(index):
                 return applied != 0
         return True
@@ -316,7 +339,7 @@ class ReadModel:
     def _record_customer(self, store_id: str, customer: Customer) -> None:
         email = customer.email.lower()
         self._set_profile(keys=[self._k(store_id, email, "profile"), self.version_key(store_id, email)],
-                          args=self._profile_pairs(customer))
+                          args=[*self._profile_pairs(customer), self.retention_ms])
 
     @staticmethod
     def _order_row(order: Order, event_time: datetime | None) -> tuple[str, str]:
@@ -334,7 +357,7 @@ class ReadModel:
     def _record_order(self, store_id: str, email: str, order: Order, event_time: datetime | None) -> None:
         key, version = self._k(store_id, email, "orders"), self.version_key(store_id, email)
         ident, row = self._order_row(order, event_time)
-        self._set_order(keys=[key, version], args=[ident, row, _iso(event_time)])
+        self._set_order(keys=[key, version], args=[ident, row, _iso(event_time), self.retention_ms])
         self._trim(key, "placed_at", version)
 
     def _trim(self, key: str, by: str, version: str) -> None:

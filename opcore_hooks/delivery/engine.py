@@ -75,6 +75,13 @@ class Job:
         return [self.store_id, self.raw if self.raw is not None else self.claim.model_dump(mode="json")]
 
 
+@dataclass(frozen=True)
+class StoreHealth:
+    store_id: str
+    credentials: str  # valid, invalid or unchecked
+    parked: int
+
+
 class Rescheduled(Exception):
     """Internal: this run is over; ``run`` sends the job again for later, once the claim lock
     is released (sent under the lock, a message due at once can reach another thread before
@@ -156,6 +163,17 @@ class Delivery:
 
     def parked_count(self, store_id: str) -> int:
         return self.parking.count(store_id)
+
+    def store_health(self) -> list[StoreHealth]:
+        """Each configured store's credential state and parked work, in one round trip."""
+        ids = sorted(self.helpdesk.store_ids())
+        pipe = self.redis.pipeline(transaction=False)
+        for store_id in ids:
+            pipe.hget(self.helpdesk.settings_key(store_id), "credentials")
+            pipe.llen(self.parking.key(store_id))
+        replies = pipe.execute() if ids else []
+        return [StoreHealth(store_id, (state or b"unchecked").decode(), int(parked))
+                for store_id, state, parked in zip(ids, replies[::2], replies[1::2])]
 
     def count(self, stat: str, by: int = 1) -> None:
         self.redis.hincrby(self.ledger.stats_key, stat, by)

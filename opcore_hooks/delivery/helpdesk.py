@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Callable, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Generic, Iterable, TypeVar
 
 import httpx
 
@@ -183,6 +183,11 @@ class Helpdesk(Generic[S]):
         that takes a claim's turn, that the hash is unchanged: a new key is used at once.
         """
         raise NotImplementedError
+
+    def store_ids(self) -> Iterable[str]:
+        """Every store that configured this helpdesk: the host's metrics report their credential
+        health and parked work. The default, none, leaves those figures empty."""
+        return ()
 
     def load_store(self, store_id: str, fields: dict[str, str]) -> S:
         """The store's settings from the hash's fields (secrets decrypted); fields is never empty."""

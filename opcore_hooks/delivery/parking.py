@@ -21,14 +21,14 @@ class Parking:
         self.host = host
         self.plugin = plugin
 
-    def _key(self, store_id: str) -> str:
+    def key(self, store_id: str) -> str:
         return self.host.key(self.plugin, "parked", store_id)
 
     def park(self, store_id: str, actor: str, args: list[Any]) -> None:
-        self.host.redis.rpush(self._key(store_id), json.dumps({"actor": actor, "args": args}))
+        self.host.redis.rpush(self.key(store_id), json.dumps({"actor": actor, "args": args}))
 
     def count(self, store_id: str) -> int:
-        return int(self.host.redis.llen(self._key(store_id)))
+        return int(self.host.redis.llen(self.key(store_id)))
 
     def release(self, store_id: str) -> int:
         """Send every parked message of ``store_id`` again; returns how many were released.
@@ -36,7 +36,7 @@ class Parking:
         Each entry is popped only after its message was enqueued, so a crash here re-sends at
         most one message twice (the actors are idempotent), and loses none.
         """
-        key, redis, broker = self._key(store_id), self.host.redis, self.host.broker
+        key, redis, broker = self.key(store_id), self.host.redis, self.host.broker
         released = 0
         while True:
             raw = redis.lindex(key, 0)

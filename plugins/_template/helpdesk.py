@@ -21,7 +21,7 @@ import httpx
 
 from opcore_hooks import Call, ClaimCreated, Helpdesk, Host, Pacing
 
-from .stores import StoreSettings, load, mark_invalid, settings_key
+from .stores import StoreSettings, load, mark_invalid, settings_key, store_ids
 
 
 class TemplateDesk(Helpdesk[StoreSettings]):
@@ -42,6 +42,9 @@ class TemplateDesk(Helpdesk[StoreSettings]):
 
     def settings_key(self, store_id: str) -> str:
         return settings_key(self.host, self.name, store_id)
+
+    def store_ids(self) -> list[str]:  # for the host's metrics: credential health, parked work
+        return store_ids(self.host, self.name)
 
     def load_store(self, store_id: str, fields: dict[str, str]) -> StoreSettings:
         return load(self.host, self.name, store_id, fields)

@@ -119,3 +119,8 @@ def view(settings: StoreSettings) -> dict[str, Any]:
     token = settings.api_token.get_secret_value() if settings.api_token else None
     return {"store_id": settings.store_id, "api_token": f"…{token[-4:]}" if token else None,
             "enabled": settings.enabled, "credentials": settings.credentials, "last_error": settings.last_error}
+
+
+def store_ids(host: Host, plugin: str) -> list[str]:
+    """Every store that ever saved settings for this helpdesk (for the host's metrics)."""
+    return [raw.decode() for raw in host.redis.smembers(host.key(plugin, "stores"))]

@@ -409,3 +409,8 @@ def rotate(host: Host) -> int:
                 count += 1
                 break
     return count
+
+
+def store_ids(host: Host) -> list[str]:
+    """Every store that ever saved settings for this helpdesk (for the host's metrics)."""
+    return [raw.decode() for raw in host.redis.smembers(_index(host))]

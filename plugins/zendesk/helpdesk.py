@@ -70,6 +70,9 @@ class Zendesk(Helpdesk[StoreConfig]):
     def settings_key(self, store_id: str) -> str:
         return stores.settings_key(self.host, store_id)
 
+    def store_ids(self) -> list[str]:
+        return stores.store_ids(self.host)
+
     def load_store(self, store_id: str, fields: dict[str, str]) -> StoreConfig:
         return stores.from_fields(self.host, store_id, fields)
 

@@ -325,3 +325,8 @@ def rotate(host: Host) -> int:
             except redis.WatchError:
                 log.warning("zendesk: the settings of store %r changed during rotation; run it again", store_id)
     return count
+
+
+def store_ids(host: Host) -> list[str]:
+    """Every store that ever saved settings for this helpdesk (for the host's metrics)."""
+    return [raw.decode() for raw in host.redis.smembers(host.key(NAME, "stores"))]

@@ -1,0 +1,88 @@
+"""Retention: a claim's records expire OPCORE_RETENTION_DAYS after its last event, and a late
+event for an expired claim finds the ticket Richpanel still holds instead of opening another."""
+
+from __future__ import annotations
+
+import pytest
+
+from opcore_hooks.testing import approved, claim_created, drain, state_changed
+from plugins.richpanel import plugin, stores
+from plugins.richpanel.stores import SettingsUpdate
+
+from .test_delivery import KEY, STORE, TEAM, post, requests, settle, tickets
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def rp(make_host, run_worker, sandbox, monkeypatch):
+    """As test_delivery's, with a retention of 30 days."""
+    monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", sandbox.url)
+    sandbox.state.add_account(KEY, teams=[{"id": TEAM, "name": "Claims"}])
+    host = make_host({"richpanel": plugin}, retention_days=30)
+    stores.update(host, STORE, SettingsUpdate(api_key=KEY, default_team_id=TEAM, default_channel="email"))
+    sandbox.state.requests.clear()
+    return host, run_worker(host, threads=2), sandbox
+
+
+def claim_keys(host, claim_id: str) -> dict[str, str]:
+    """Every key that names the claim or its customer, by what it is."""
+    found = {}
+    for raw in host.redis.scan_iter(f"{host.settings.namespace}:*"):
+        key = raw.decode()
+        if claim_id in key or "ana@example.com" in key:
+            found[key] = key
+    return found
+
+
+def test_a_claims_records_live_the_retention_period_after_its_last_event(rp):
+    host, worker, sandbox = rp
+    event = claim_created()
+    claim_id = event["body"]["claim_id"]
+    post(host, event, approved(claim_id))
+    settle(host, worker, lambda: len(requests(sandbox, "PUT")) == 1)
+    keys = claim_keys(host, claim_id)
+    kinds = {key.split(":")[1] + ":" + key.split(":")[2] if key.split(":")[1] == "richpanel" else key.split(":")[1]
+             for key in keys}
+    assert {"richpanel:claim", "rm"} <= kinds  # the delivery record and the read model
+    for key in keys:
+        ttl = host.redis.pttl(key)
+        assert 29 * DAY_MS < ttl <= 30 * DAY_MS, (key, ttl)  # none lives forever; each from its last write
+
+
+def test_nothing_that_names_a_customer_or_a_claim_is_kept_forever(rp):
+    host, worker, sandbox = rp
+    post(host, claim_created(), state_changed("cm6v2zdt10002j20vqs7f74hc", "DENIED"))
+    settle(host, worker, lambda: tickets(sandbox))
+    forever = [raw.decode() for raw in host.redis.scan_iter(f"{host.settings.namespace}:*")
+               if host.redis.pttl(raw) == -1]
+    # What stays: settings and indexes of stores, widget secrets, counters, pacing, queues.
+    allowed = ("richpanel:store:", "richpanel:stores", "richpanel:stats", "richpanel:latency",
+               "richpanel:pace:", "metrics:", "dramatiq")
+    strays = [k for k in forever if not k.split(":", 1)[1].startswith(allowed)]
+    assert strays == []
+
+
+def test_a_late_event_for_an_expired_claim_adopts_the_ticket_richpanel_holds(rp):
+    host, worker, sandbox = rp
+    event = claim_created(created_at="2026-01-01T00:00:00Z")  # older than the retention period
+    claim_id = event["body"]["claim_id"]
+    post(host, event)
+    settle(host, worker, lambda: tickets(sandbox))
+    for key in claim_keys(host, claim_id):  # as if the retention period had passed
+        host.redis.delete(key)
+    late = claim_created(created_at="2026-01-01T00:00:00Z")  # redelivered by Order Protection, new event id
+    post(host, late)
+    settle(host, worker, lambda: host.delivery("richpanel").ticket_id(STORE, claim_id))
+    drain(host, worker)
+    assert len(tickets(sandbox)) == 1
+    assert len(requests(sandbox, "POST", "/v1/tickets")) == 1
+    assert requests(sandbox, "GET")  # it looked the ticket up
+    assert host.delivery("richpanel").stats()["adopted"] == 1
+
+
+def test_a_young_claim_is_not_looked_up_first(rp):
+    host, worker, sandbox = rp
+    post(host, claim_created())  # created a few days ago
+    settle(host, worker, lambda: tickets(sandbox))
+    assert [r["method"] for r in requests(sandbox)] == ["POST"]
