@@ -1,34 +1,158 @@
-"""The ``opcore`` command line. Plugins add their own commands through ``register_commands``."""
+"""The ``opcore`` command line. Plugins add their own commands through ``register_commands``.
+
+An operator who sets a bad value, forgets a variable or points at a Redis that does not answer
+gets one line on stderr, ``opcore: <what is wrong>; <what to do>``, never a traceback (``--debug``
+shows it). Exit status: 2 for a usage or configuration error (change something, then run again),
+3 when Redis cannot be reached or refuses a command (its fault, not the command line's), 1 for a
+failed run (the demo's verdict). The mapping is written once, in :class:`OpcoreGroup`, so every
+plugin's command gets it without a try/except of its own.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
+import redis
 
 from .config import ConfigError, Settings
+from .crypto import DecryptionError
 from .demo import register as register_demo
 from .plugins import PluginLoadError, load_plugins
+from .store import check_eviction_policy
+
+if TYPE_CHECKING:
+    from .host import Host
 
 log = logging.getLogger("opcore.cli")
 
+EXIT_CONFIG = 2
+EXIT_REDIS = 3
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-def _host(**kwargs):
+
+class Failure(click.ClickException):
+    """What the operator can fix, said in one line: ``opcore: ...`` on stderr, with its exit status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_CONFIG) -> None:
+        super().__init__(" ".join(message.split()))  # one line, whatever the message held
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"opcore: {self.message}", err=True)
+
+
+def fail(message: str, exit_code: int = EXIT_CONFIG) -> NoReturn:
+    """Stop the running command with one line (``message`` says what is wrong and what to do)."""
+    raise Failure(message, exit_code)
+
+
+class OpcoreGroup(click.Group):
+    """The root group: whatever command runs, a plugin's included, an error the operator can fix
+    becomes one line, and the traceback is kept for ``--debug`` and for bugs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Plugins' own exceptions for what an operator can fix (``add_refusal``).
+        self.refusals: set[type[Exception]] = set()
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            answer = self.explain(exc)
+            if answer is None or ctx.params.get("debug"):
+                raise
+            raise Failure(*answer) from exc
+
+    def explain(self, exc: Exception) -> tuple[str, int] | None:
+        """The line and exit status for ``exc``; None for a bug, whose traceback must show."""
+        if isinstance(exc, (ConfigError, PluginLoadError, DecryptionError)):
+            return str(exc), EXIT_CONFIG
+        if isinstance(exc, tuple(self.refusals)):
+            return getattr(exc, "message", None) or str(exc), EXIT_CONFIG
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            return f"cannot reach Redis ({exc}); check OPCORE_REDIS_URL and that Redis is running", EXIT_REDIS
+        if isinstance(exc, redis.RedisError):
+            return (f"Redis refused a command ({exc}); check that OPCORE_REDIS_URL names a writable primary "
+                    "this deployment may use (`opcore --debug ...` shows the command)"), EXIT_REDIS
+        return None
+
+
+def add_refusal(root: click.Group, kind: type[Exception]) -> None:
+    """For a plugin's ``register_commands``: answer ``kind`` (its refusal of a settings change, say)
+    as the host answers its own errors, in one line (its ``message``, else its text) and exit 2."""
+    assert isinstance(root, OpcoreGroup)
+    root.refusals.add(kind)
+
+
+def needs_redis(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """For a command on the deployment's state: refuse to run on the embedded store, which in a
+    fresh process is empty, so `stores show` would call a configured store unknown and `keys
+    rotate` would reseal nothing, both without a word."""
+    if getattr(callback, "needs_redis", False):
+        return callback
+
+    @functools.wraps(callback)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if Settings().embedded:
+            fail(f"`{click.get_current_context().command_path}` works on the deployment's Redis and "
+                 "OPCORE_REDIS_URL is not set (this process would read an empty store of its own); set it "
+                 "to the Redis that `opcore serve` and `opcore worker` use")
+        return callback(*args, **kwargs)
+
+    checked.needs_redis = True  # type: ignore[attr-defined]
+    return checked
+
+
+class OperatorGroup(click.Group):
+    """Commands on the deployment's state: each one added, a plugin's too, refuses the embedded store."""
+
+    group_class = type  # its subgroups (``stores set``) are operator groups as well
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if cmd.callback is not None and not isinstance(cmd, click.Group):
+            cmd.callback = needs_redis(cmd.callback)
+        super().add_command(cmd, name)
+
+
+def _host(**kwargs: Any) -> Host:
     from .host import Host
 
     return Host.from_env(**kwargs)
 
 
-def _fail(message: str) -> None:
-    click.echo(f"opcore: {message}", err=True)
-    sys.exit(2)
+def open_host() -> Host:
+    """The deployment's host for the running command, closed when the command ends, however it ends."""
+    host = _host()
+    click.get_current_context().call_on_close(host.close)
+    return host
 
 
-@click.group()
-@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
-def cli(log_level: str) -> None:
+def _deployment_host(settings: Settings) -> Host:
+    """The host `serve` and `worker` start from; on a shared Redis, once it has answered (an
+    unreachable one stops them here, exit 3) and its eviction policy was checked."""
+    host = _host()
+    if not settings.embedded:
+        try:
+            check_eviction_policy(host.redis)
+        except BaseException:
+            host.close()
+            raise
+    return host
+
+
+@click.group("opcore", cls=OpcoreGroup)
+@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="Python logging level.")
+@click.option("--debug", is_flag=True, help="Show an error's traceback instead of its one line.")
+def cli(log_level: str, debug: bool) -> None:
     """Order Protection's integration host and its helpdesk plugins."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request URL at INFO; Richpanel lookups carry customer emails in the path.
@@ -38,9 +162,10 @@ def cli(log_level: str) -> None:
 
 @cli.command()
 @click.option("--host", "bind", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
 @click.option("--with-worker", is_flag=True, help="Run Dramatiq worker threads in this process too.")
-@click.option("--threads", default=4, show_default=True, help="Worker threads when they run here.")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Worker threads when they run here.")
 @click.option("--limit-concurrency", default=200, show_default=True, type=click.IntRange(min=1),
               envvar="OPCORE_LIMIT_CONCURRENCY", show_envvar=True,
               help="Open connections and requests at once; past it, new requests get 503.")
@@ -61,22 +186,29 @@ def serve(bind: str, port: int, with_worker: bool, threads: int, limit_concurren
     import uvicorn
 
     from .app import create_app
+    from .serving import ForegroundServer
 
     settings = Settings()
+    settings.require("webhook_secret", "admin_token", "master_key")
+    in_process = with_worker or settings.embedded
+    app = create_app(_deployment_host(settings), with_worker=in_process, worker_threads=threads)
+    tier = (f"web tier and {threads} worker thread{'s' * (threads != 1)}" if in_process
+            else "web tier only; workers run as `opcore worker`")
+    if settings.embedded:
+        tier += ", embedded store: nothing survives this process"
+    config = uvicorn.Config(app, host=bind, port=port, log_level="warning", access_log=False,
+                            limit_concurrency=limit_concurrency, timeout_keep_alive=timeout_keep_alive,
+                            h11_max_incomplete_event_size=max_header_bytes)
+    server = ForegroundServer(config, on_ready=lambda url: log.info("opcore serving on %s (%s)", url, tier))
     try:
-        settings.require("webhook_secret", "admin_token", "master_key")
-        host = _host()
-    except (ConfigError, PluginLoadError) as exc:
-        _fail(str(exc))
-    app = create_app(host, with_worker=with_worker or settings.embedded, worker_threads=threads)
-    uvicorn.run(app, host=bind, port=port, log_level="warning", access_log=False,
-                limit_concurrency=limit_concurrency, timeout_keep_alive=timeout_keep_alive,
-                h11_max_incomplete_event_size=max_header_bytes)
+        server.run()
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()
-@click.option("--processes", default=1, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int)
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(min=1))
 def worker(processes: int, threads: int) -> None:
     """Dramatiq workers for every plugin's actors (needs OPCORE_REDIS_URL)."""
     from .worker import run_processes
@@ -84,10 +216,10 @@ def worker(processes: int, threads: int) -> None:
     settings = Settings()
     try:
         settings.require("redis_url", "master_key")
-        _host().close()  # fail here, once, on bad plugin settings rather than in every child
-    except (ConfigError, PluginLoadError) as exc:
+    except ConfigError as exc:
         hint = " (with the embedded store, `opcore serve` runs the workers itself)" if settings.embedded else ""
-        _fail(f"{exc}{hint}")
+        fail(f"{exc}{hint}")
+    _deployment_host(settings).close()  # fail here, once, on bad settings or Redis rather than in every child
     sys.exit(run_processes(processes, threads, _host))
 
 
@@ -96,10 +228,7 @@ def worker(processes: int, threads: int) -> None:
 def plugins_cmd(as_json: bool) -> None:
     """The loaded plugins and the hooks each implements; plugins that failed to load."""
     settings = Settings()
-    try:
-        loaded = load_plugins(allowlist=settings.plugin_allowlist, strict=settings.strict_plugins)
-    except PluginLoadError as exc:
-        _fail(str(exc))
+    loaded = load_plugins(allowlist=settings.plugin_allowlist, strict=settings.strict_plugins)
     rows = [{"name": name, "hooks": loaded.hooks_of(name)} for name in loaded.names()]
     if as_json:
         click.echo(json.dumps({"plugins": rows, "failures": loaded.failures}, indent=2))
@@ -112,9 +241,9 @@ def plugins_cmd(as_json: bool) -> None:
         click.echo("no plugins installed (entry-point group opcore.plugins)")
 
 
-@cli.group()
+@cli.group(cls=OperatorGroup)
 def stores() -> None:
-    """Per-store helpdesk settings, for operators without the HTTP API."""
+    """Per-store helpdesk settings, for operators without the HTTP API (needs OPCORE_REDIS_URL)."""
 
 
 @stores.group("set")
@@ -124,7 +253,8 @@ def stores_set() -> None:
 
 def add_store_commands(root: click.Group, setter: click.Command, *others: click.Command) -> None:
     """For a plugin's ``register_commands``: its ``opcore stores set <plugin>`` command, and any
-    others under ``opcore stores`` (``teams``, ``groups``)."""
+    others under ``opcore stores`` (``teams``, ``groups``); like the host's, they refuse the
+    embedded store."""
     group = root.commands["stores"]
     assert isinstance(group, click.Group)
     set_group = group.commands["set"]
@@ -138,7 +268,7 @@ def add_store_commands(root: click.Group, setter: click.Command, *others: click.
 @click.argument("store_id")
 def stores_show(store_id: str) -> None:
     """Every plugin's settings for STORE, secrets masked."""
-    host = _host()
+    host = open_host()
     found = False
     for name in host.plugin_names:
         status = host.call_plugin(name, "store_status", host=host, store_id=store_id)
@@ -148,7 +278,8 @@ def stores_show(store_id: str) -> None:
                 status = {**status, "parked": host.delivery(name).parked_count(store_id)}
             click.echo(json.dumps({name: status}, indent=2, default=str))
     if not found:
-        _fail(f"no helpdesk is configured for store {store_id!r}")
+        fail(f"no helpdesk is configured for store {store_id!r}; connect one with `opcore stores set <plugin>` "
+             "or the settings API")
 
 
 @cli.group()
@@ -165,20 +296,18 @@ def keys_generate() -> None:
 
 
 @keys.command("rotate")
+@needs_redis
 def keys_rotate() -> None:
-    """Re-encrypt every stored secret under the first key of OPCORE_MASTER_KEY."""
-    host = _host()
-    try:
-        host.vault  # noqa: B018 - fail early with the configuration message
-    except ConfigError as exc:
-        _fail(str(exc))
+    """Re-encrypt every stored secret under the first key of OPCORE_MASTER_KEY (needs OPCORE_REDIS_URL)."""
+    host = open_host()
+    host.vault  # noqa: B018 - fail early with the configuration message
     total = host.rotate_secrets()
     click.echo(f"re-encrypted {total} secret(s) under the newest master key")
 
 
-@cli.group("dead-letters")
+@cli.group("dead-letters", cls=OperatorGroup)
 def dead_letters() -> None:
-    """Work that failed for good, with the reason; replay it once the cause is fixed."""
+    """Work that failed for good, with the reason; replay it once the cause is fixed (needs OPCORE_REDIS_URL)."""
 
 
 @dead_letters.command("list")
@@ -186,7 +315,7 @@ def dead_letters() -> None:
 @click.option("--claim", default=None)
 def dead_letters_list(store: str | None, claim: str | None) -> None:
     """Each dead letter: its id, store, claim and why it failed."""
-    host = _host()
+    host = open_host()
     entries = host.dead_letters.list(store_id=store, claim_id=claim)
     for e in entries:
         click.echo(f"{e.id}\tstore={e.store_id}\tclaim={e.claim_id}\t{e.reason}")
@@ -198,7 +327,7 @@ def dead_letters_list(store: str | None, claim: str | None) -> None:
 @click.option("--claim", default=None)
 def dead_letters_replay(store: str | None, claim: str | None) -> None:
     """Send the matching dead letters again (all when no filter); a claim never gets a second ticket."""
-    host = _host()
+    host = open_host()
     entries = host.dead_letters.list(store_id=store, claim_id=claim)
     for e in entries:
         host.dead_letters.replay(host.broker, e)
@@ -211,10 +340,7 @@ register_demo(cli)  # the host's `opcore demo`, over every plugin's demo part
 def build_cli() -> click.Group:
     """The root group with every plugin's commands added; a plugin that fails here is skipped."""
     settings = Settings()
-    try:
-        loaded = load_plugins(allowlist=settings.plugin_allowlist, strict=settings.strict_plugins)
-    except PluginLoadError as exc:
-        _fail(str(exc))
+    loaded = load_plugins(allowlist=settings.plugin_allowlist, strict=settings.strict_plugins)
     for name in loaded.names():
         others = [p for n, p in loaded.pm.list_name_plugin() if n != name]
         try:
@@ -225,4 +351,13 @@ def build_cli() -> click.Group:
 
 
 def main() -> None:
-    build_cli()(prog_name="opcore")
+    try:
+        root = build_cli()
+    except Exception as exc:  # before click parses anything: a bad variable or a strict plugin failing
+        answer = cli.explain(exc)
+        if answer is None or "--debug" in sys.argv[1:]:
+            raise
+        failure = Failure(*answer)
+        failure.show()
+        sys.exit(failure.exit_code)
+    root(prog_name="opcore")

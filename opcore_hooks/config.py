@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, field_validator
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The admin token, which the operator chooses, must be long enough not to be guessed. The
@@ -22,8 +24,23 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variables and what to do."""
 
 
+def invalid_settings(exc: ValidationError, prefix: str) -> ConfigError:
+    """One line naming each environment variable pydantic refused and why, never its value (it may
+    be a secret): pydantic's own text spans a dozen lines and names fields, not variables."""
+    problems = [f"{prefix}{'_'.join(str(part) for part in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors(include_url=False, include_input=False)]
+    return ConfigError("invalid configuration: " + "; ".join(problems)
+                       + ". Fix the environment (see README, 'Configuration')")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPCORE_", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:  # a bad variable stops every command with the same one line
+            raise invalid_settings(exc, "OPCORE_") from None
 
     redis_url: str | None = None
     webhook_secret: SecretStr | None = None

@@ -11,8 +11,11 @@ own helpdesk and every finished claim's ticket was finished there.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import secrets
+import shlex
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -161,14 +164,11 @@ def run(parts: list[DemoHelpdesk], count: int = 36, quota: int = 20, window: flo
                           + f" connected; stand-ins allow {quota} requests per {window:g} s")
             outcomes = _send_and_wait(console, http, settings, parts, plans)
             ok = _report(console, host, parts, plans, outcomes, time.monotonic() - started)
-            _widget_example(console, http, host, admin, parts[0].plugin, plans[0], web.url)
+            for part, p in zip(parts, plans):
+                _widget_example(console, http, host, admin, part.plugin, p, web.url)
         if keep_serving:
-            console.print("serving until Ctrl-C …")
-            try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
+            _try_it(console, settings, parts, plans, web.url)
+            _serve_until_interrupted()
         else:
             console.print("  (the servers stop now; `opcore demo --keep-serving` keeps them up to try it)")
     finally:
@@ -267,21 +267,62 @@ def _widget_example(console: Console, http: httpx.Client, host: Any, admin: dict
                   soft_wrap=True)
 
 
+def _curl(*args: str) -> str:
+    return " ".join(["curl", *(shlex.quote(arg) for arg in args)])
+
+
+def _try_it(console: Console, settings: Settings, parts: list[DemoHelpdesk], plans: list[Plan],
+            base_url: str) -> None:
+    """What following the README against the demo needs, ready to paste: its credentials are
+    random and live only in this process, so nothing else can tell them."""
+    admin = settings.admin_token.get_secret_value()  # type: ignore[union-attr]
+    secret = settings.webhook_secret.get_secret_value()  # type: ignore[union-attr]
+    store_id = plans[0].store_id
+    claim = copy.deepcopy(CLAIM_CREATED)
+    claim["id"] = str(uuid.uuid4())
+    claim["body"].update(store_id=store_id, claim_id=f"{store_id}-claim-readme")
+    lines = [f"\nopcore serves at {base_url} until Ctrl-C. To follow the README against it:",
+             f"  export OPCORE_ADMIN_TOKEN={admin} OPCORE_WEBHOOK_SECRET={secret}"]
+    for part, p in zip(parts, plans):
+        settings_url = f"{base_url}/internal/integrations/{part.plugin}/stores/{p.store_id}"
+        lines.append(f"  {part.title} store settings: " + _curl("-H", f"Authorization: Bearer {admin}", settings_url))
+    lines.append(f"  a claim for {store_id}: " + _curl(
+        "-X", "POST", "-H", f"x-webhook-secret: {secret}", "-H", "content-type: application/json",
+        "-d", json.dumps(claim, ensure_ascii=False), f"{base_url}/webhooks/orderprotection"))
+    lines.append(f"  then open the widget URL above in a browser: the claim shows for {CUSTOMERS[0][0]}")
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _serve_until_interrupted() -> None:
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+
+
 def register(cli: click.Group) -> None:
     """``opcore demo``, over every loaded plugin that offers a demo part."""
 
     @cli.command("demo")
-    @click.option("--claims", default=36, show_default=True, help="How many claims to send, shared by the helpdesks.")
-    @click.option("--quota", default=20, show_default=True, help="Stand-in requests per window.")
-    @click.option("--window", default=5.0, show_default=True, help="Stand-in quota window, seconds.")
+    @click.option("--claims", default=36, show_default=True, type=click.IntRange(min=1),
+                  help="How many claims to send, shared by the helpdesks.")
+    @click.option("--quota", default=20, show_default=True, type=click.IntRange(min=1),
+                  help="Stand-in requests per window.")
+    @click.option("--window", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                  help="Stand-in quota window, seconds.")
     @click.option("--helpdesk", "only", multiple=True, help="Only this plugin's part (repeatable); default: all.")
     @click.option("--keep-serving", is_flag=True, help="Keep the app and stand-ins up to try the widget URL.")
     def demo(claims: int, quota: int, window: float, only: tuple[str, ...], keep_serving: bool) -> None:
         """Run the whole flow on this machine against local stand-ins of every helpdesk."""
+        from .cli import fail  # the command line imports this module
         from .plugins import load_plugins
 
         loaded = load_plugins(allowlist=Settings().plugin_allowlist)
         parts = [part for part in loaded.pm.hook.register_demo() if not only or part.plugin in only]
         if not parts:
-            raise click.ClickException("no loaded plugin offers a demo" + (f" among {', '.join(only)}" if only else ""))
+            offered = ", ".join(part.plugin for part in loaded.pm.hook.register_demo()) or "none"
+            fail("no loaded plugin offers a demo" + (f" among {', '.join(only)}" if only else "")
+                 + f"; plugins with a demo: {offered}")
         raise SystemExit(run(parts, claims, quota, window, keep_serving))

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings
 
 from . import keys
 from .broker import Broker
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, invalid_settings
 from .deadletters import DeadLetters
 from .metrics import Metrics
 from .plugins import LoadedPlugins, load_plugins
@@ -65,7 +65,7 @@ class Host:
                 try:
                     self._plugin_settings[name] = model()
                 except ValidationError as exc:
-                    raise ConfigError(f"plugin {name!r} settings are invalid: {exc}") from None
+                    raise invalid_settings(exc, model.model_config.get("env_prefix", "")) from None
         from .dispatch import Dispatcher  # the dispatcher's actors need a finished host
 
         self.dispatcher = Dispatcher(self)

@@ -1,17 +1,65 @@
-"""Serving an ASGI app on a real socket from a background thread (demo, sandboxes, tests), and
-losing an answer on purpose, as the helpdesk sandboxes do to test lost answers."""
+"""Serving an ASGI app on a real socket: in the foreground (``opcore serve``, the sandbox commands)
+or from a background thread (demo, sandboxes, tests); and losing an answer on purpose, as the
+helpdesk sandboxes do to test lost answers."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
+import click
 import httpx
 import uvicorn
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp
+
+from .config import ConfigError
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port``, for uvicorn to serve on.
+
+    Bound here rather than by uvicorn, whose bind failure is a log line in its own words and
+    exit 3, so a port in use or an unknown host is one line saying what to change.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart over TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --host or "
+                          "--port, or stop the process that holds it") from None
+    return sock
+
+
+def url_of(host: str, sock: socket.socket) -> str:
+    """The http URL a bound socket answers on (its real port, when 0 asked for any)."""
+    port = sock.getsockname()[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class ForegroundServer(uvicorn.Server):
+    """uvicorn's server on a socket bound by :func:`listen` before the app starts, calling
+    ``on_ready`` with its URL once it accepts connections (uvicorn's own line is hidden below
+    its warning level, and says "Uvicorn", not what is served)."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[str], None] | None = None) -> None:
+        super().__init__(config)
+        self.on_ready = on_ready
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        # Bound before anything else runs: the app's lifespan (worker threads) and uvicorn's log lines.
+        await super().serve(sockets if sockets is not None else [listen(self.config.host, self.config.port)])
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.on_ready is not None:
+            self.on_ready(url_of(self.config.host, self.servers[0].sockets[0]))
 
 
 class ThreadedServer:
@@ -32,8 +80,7 @@ class ThreadedServer:
                 self.server.should_exit = True
                 raise RuntimeError(f"{name} did not start on {host}:{port}")
             time.sleep(0.01)
-        bound = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://{host}:{bound}"
+        self.url = url_of(host, self.server.servers[0].sockets[0])
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -77,3 +124,12 @@ def hide_drops() -> None:
     logger = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _HideDrops) for f in logger.filters):
         logger.addFilter(_HideDrops())
+
+
+def fault_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--error-rate`` and ``--drop-rate`` for a sandbox command: the faults every helpdesk
+    stand-in injects, each a probability, so a value past 1 is a usage error, not a traceback."""
+    command = click.option("--drop-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+                           help="Fraction processed, then connection dropped.")(command)
+    return click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+                        help="Fraction of requests answered 500.")(command)

@@ -18,6 +18,8 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from .config import ConfigError
+
 log = logging.getLogger("opcore.store")
 
 _embedded_server: fakeredis.FakeServer | None = None
@@ -219,8 +221,35 @@ def read_replies(conn: redis.connection.AbstractConnection, count: int) -> list[
 def connect(url: str | None, *, server: fakeredis.FakeServer | None = None) -> PinnedRedis:
     """A client for ``url``, or for the embedded store (``server`` or the process's own)."""
     if url:
-        return PinnedRedis.from_url(url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5)
+        try:
+            return PinnedRedis.from_url(url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5)
+        except ValueError as exc:  # redis-py's reason never holds the URL, which may carry a password
+            raise ConfigError(f"OPCORE_REDIS_URL is not a usable Redis URL ({exc}); write it as "
+                              "redis://[:password@]host:6379/0 (rediss:// for TLS)") from None
     return pinned(fakeredis.FakeRedis(server=server or embedded_server()))
+
+
+def check_eviction_policy(client: redis.Redis) -> str | None:
+    """Warn, once at start, when Redis may evict opcore's keys; the policy when it may, else None.
+
+    Everything opcore keeps is in Redis and none of it is a cache: a Redis that evicts under
+    memory pressure drops sealed credentials, queued work and delivery records without a word,
+    and a claim then gets a second ticket or none. Where CONFIG is not allowed (managed Redis,
+    an ACL without it) or not known (the embedded store) there is nothing to read: stay quiet.
+    """
+    try:
+        answer = client.config_get("maxmemory-policy")
+    except redis.ResponseError:
+        return None
+    policy = next(iter(answer.values()), None) if answer else None
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if policy is None or policy == "noeviction":
+        return None
+    log.warning("Redis maxmemory-policy is %s: when its memory fills, Redis silently evicts keys, and sealed "
+                "credentials, queued work and delivery records with them; set `maxmemory-policy noeviction` "
+                "on this Redis (redis.conf or CONFIG SET) and give it the memory it needs", policy)
+    return policy
 
 
 def pinned(client: redis.Redis) -> PinnedRedis:

@@ -34,7 +34,7 @@ def started(monkeypatch) -> dict[str, Any]:
 
     from opcore_hooks import worker
 
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(serve=kwargs))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: seen.update(serve=vars(self.config)))
     monkeypatch.setattr(worker, "run_processes", lambda processes, threads, make: seen.update(worker=True) or 0)
     monkeypatch.setattr(cli_module, "_host", lambda **kwargs: Host(
         Settings(), redis_client=fakeredis.FakeRedis(server=fakeredis.FakeServer()), plugins={}))
@@ -136,14 +136,11 @@ def test_a_settings_put_with_a_huge_integer_is_refused_and_nothing_is_saved(app_
 
 
 def test_serve_limits_concurrency_and_idle_connections_by_default(started):
-    import uvicorn
-
     assert CliRunner().invoke(cli, ["serve"]).exit_code == 0
-    limits = started["serve"]
+    limits = started["serve"]  # as uvicorn's Config holds them: every limit is one uvicorn knows
     assert limits["limit_concurrency"] == 200  # the 201st connection or request at once is a 503
     assert limits["timeout_keep_alive"] == 5  # an idle keep-alive connection closes after 5 s
     assert limits["h11_max_incomplete_event_size"] == 16 * 1024  # headers past 16 KiB are refused
-    uvicorn.Config(lambda scope, receive, send: None, **limits)  # every limit is one uvicorn knows
 
 
 def test_serve_limits_follow_the_options_and_the_environment(started, monkeypatch):

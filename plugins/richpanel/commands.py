@@ -9,39 +9,15 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
-from opcore_hooks import Host
-from opcore_hooks.cli import add_store_commands
-from opcore_hooks.config import ConfigError
-from opcore_hooks.crypto import DecryptionError
+from opcore_hooks.cli import add_refusal, add_store_commands, fail, open_host
+from opcore_hooks.serving import fault_options
 
 from . import stores
 from .stores import CHANNELS, SettingsError
-
-
-def _fail(message: str) -> None:
-    click.echo(f"opcore: {message}", err=True)
-    sys.exit(2)
-
-
-@contextmanager
-def _host() -> Iterator[Host]:
-    """A host from the environment; every error a store admin can fix exits 2 with its message."""
-    host = None
-    try:
-        host = Host.from_env()
-        yield host
-    except SettingsError as exc:
-        _fail(exc.message)
-    except (ConfigError, DecryptionError) as exc:
-        _fail(str(exc))
-    finally:
-        if host is not None:
-            host.close()
 
 
 def _read_key(value: str | None) -> str | None:
@@ -49,7 +25,7 @@ def _read_key(value: str | None) -> str | None:
         return value
     key = sys.stdin.readline().strip()
     if not key:
-        _fail("--api-key -: no key on standard input")
+        fail("--api-key -: no key on standard input; pipe the key in, e.g. `printf %s \"$KEY\" | opcore ...`")
     return key
 
 
@@ -65,7 +41,7 @@ def set_richpanel(store_id: str, api_key: str | None, team: str | None, clear_te
                   channel: str | None, enabled: bool | None) -> None:
     """Connect STORE to Richpanel: the key is checked with Richpanel before anything is saved."""
     if team is not None and clear_team:
-        _fail("--team and --clear-team cannot be used together")
+        fail("--team and --clear-team cannot be used together; give one")
     data: dict[str, Any] = {}
     if api_key is not None:
         data["api_key"] = _read_key(api_key)
@@ -75,35 +51,35 @@ def set_richpanel(store_id: str, api_key: str | None, team: str | None, clear_te
         data["default_channel"] = channel
     if enabled is not None:
         data["enabled"] = enabled
-    with _host() as host:
-        saved = stores.update(host, store_id, stores.parse_update(data))
-        click.echo(json.dumps({"richpanel": stores.view(saved)}, indent=2))
+    saved = stores.update(open_host(), store_id, stores.parse_update(data))
+    click.echo(json.dumps({"richpanel": stores.view(saved)}, indent=2))
 
 
 @click.command("teams")
 @click.argument("store_id")
 def teams(store_id: str) -> None:
     """The Richpanel teams of STORE's account (id and name), to pick a default team."""
-    with _host() as host:
-        found = stores.list_teams(host, store_id)
-        for team in found:
-            click.echo(f"{team.id}\t{team.name}")
-        if not found:
-            click.echo("this Richpanel account has no teams")
+    found = stores.list_teams(open_host(), store_id)
+    for team in found:
+        click.echo(f"{team.id}\t{team.name}")
+    if not found:
+        click.echo("this Richpanel account has no teams")
 
 
 @click.command("richpanel-sandbox")
-@click.option("--port", default=8700, show_default=True, type=int)
+@click.option("--port", default=8700, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", "bind", default="127.0.0.1", show_default=True, help="Keep it on loopback: no auth.")
-@click.option("--quota", default=50, show_default=True, type=int, help="Requests per window per key.")
-@click.option("--window", default=30.0, show_default=True, type=float, help="Quota window, seconds.")
+@click.option("--quota", default=50, show_default=True, type=click.IntRange(min=1), help="Requests per window per key.")
+@click.option("--window", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Quota window, seconds.")
 @click.option("--limit-status", default=429, show_default=True, type=click.Choice(["429", "492"]))
 @click.option("--retry-after-form", default="seconds", show_default=True,
               type=click.Choice(["seconds", "date", "mixed"]))
-@click.option("--error-rate", default=0.0, show_default=True, help="Fraction of requests answered 500.")
-@click.option("--drop-rate", default=0.0, show_default=True, help="Fraction processed, then connection dropped.")
-@click.option("--rate-limit-rate", default=0.0, show_default=True, help="Fraction rate-limited at random.")
-@click.option("--latency-ms", default=(0, 0), nargs=2, type=int, show_default=True, help="Uniform MIN MAX.")
+@fault_options
+@click.option("--rate-limit-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Fraction rate-limited at random.")
+@click.option("--latency-ms", default=(0, 0), nargs=2, type=click.IntRange(min=0), show_default=True,
+              help="Uniform MIN MAX.")
 @click.option("--account", "accounts", multiple=True, metavar="rp_KEY", help="Register a key at start.")
 def sandbox_command(port: int, bind: str, quota: int, window: float, limit_status: str, retry_after_form: str,
                     error_rate: float, drop_rate: float, rate_limit_rate: float, latency_ms: tuple[int, int],
@@ -111,13 +87,15 @@ def sandbox_command(port: int, bind: str, quota: int, window: float, limit_statu
     """A local Richpanel stand-in; add keys with --account or POST /_sandbox/accounts."""
     from .sandbox import main
 
-    click.echo(f"Richpanel sandbox on http://{bind}:{port} ({quota} requests per {window:g} s per key)")
     main(port, bind, quota=quota, window=window, limit_status=int(limit_status), retry_after_form=retry_after_form,
          error_rate=error_rate, drop_rate=drop_rate, rate_limit_rate=rate_limit_rate, latency_ms=latency_ms,
-         accounts=list(accounts))
+         accounts=list(accounts),
+         on_ready=lambda url: click.echo(f"Richpanel sandbox on {url} ({quota} requests per {window:g} s per key)"))
 
 
 def register(cli: click.Group) -> None:
-    """Add the commands to the host's ``stores set`` and ``stores`` groups, and the sandbox."""
+    """Add the commands to the host's ``stores set`` and ``stores`` groups, and the sandbox; a
+    refused change (SettingsError) is answered in one line like the host's own errors."""
     cli.add_command(sandbox_command)
     add_store_commands(cli, set_richpanel, teams)
+    add_refusal(cli, SettingsError)

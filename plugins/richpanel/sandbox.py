@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opcore_hooks.serving import DroppedResponse, ThreadedServer, hide_drops
+from opcore_hooks.serving import DroppedResponse, ForegroundServer, ThreadedServer, hide_drops
 
 from .client import KEY_HEADER, mask_key
 
@@ -424,11 +424,12 @@ def run_in_thread(config: SandboxConfig | None = None, host: str = "127.0.0.1",
     return server
 
 
-def main(port: int, host: str = "127.0.0.1", accounts: list[str] | None = None, **config: Any) -> None:
+def main(port: int, host: str = "127.0.0.1", accounts: list[str] | None = None,
+         on_ready: Callable[[str], None] | None = None, **config: Any) -> None:
     """Foreground server; add accounts with POST /_sandbox/accounts {"api_key": "rp_..."}."""
     app = create_sandbox(SandboxConfig(**config))
     for key in accounts or []:
         app.state.sandbox.add_account(key)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="off"))
+    server = ForegroundServer(uvicorn.Config(app, host=host, port=port, lifespan="off"), on_ready)
     hide_drops()
     server.run()

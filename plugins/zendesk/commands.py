@@ -13,29 +13,11 @@ from typing import Any
 
 import click
 
-from opcore_hooks import Host
-from opcore_hooks.cli import add_store_commands
-from opcore_hooks.config import ConfigError
-from opcore_hooks.crypto import DecryptionError
+from opcore_hooks.cli import add_refusal, add_store_commands, fail, open_host
+from opcore_hooks.serving import fault_options
 
 from . import stores
 from .stores import SettingsError
-
-
-def _run(action: Any) -> Any:
-    """Run ``action(host)`` on a host from the environment; what an admin can fix exits 2, said plainly."""
-    host = None
-    try:
-        host = Host.from_env()
-        return action(host)
-    except SettingsError as exc:
-        click.echo(f"opcore: {exc.message}", err=True)
-    except (ConfigError, DecryptionError) as exc:
-        click.echo(f"opcore: {exc}", err=True)
-    finally:
-        if host is not None:
-            host.close()
-    sys.exit(2)
 
 
 @click.command("zendesk")
@@ -50,14 +32,14 @@ def set_zendesk(store_id: str, subdomain: str | None, email: str | None, api_tok
                 clear_group: bool, enabled: bool | None) -> None:
     """Connect STORE to Zendesk: the credentials are checked with Zendesk before anything is saved."""
     if group is not None and clear_group:
-        raise click.UsageError("--group and --clear-group cannot be used together")
+        fail("--group and --clear-group cannot be used together; give one")
     data: dict[str, Any] = {k: v for k, v in (("subdomain", subdomain), ("email", email), ("enabled", enabled))
                             if v is not None}
     if api_token is not None:
         data["api_token"] = sys.stdin.readline().strip() if api_token == "-" else api_token
     if group is not None or clear_group:
         data["default_group_id"] = None if clear_group else group
-    saved = _run(lambda host: stores.update(host, store_id, stores.parse_update(data)))
+    saved = stores.update(open_host(), store_id, stores.parse_update(data))
     click.echo(json.dumps({"zendesk": stores.view(saved)}, indent=2))
 
 
@@ -65,30 +47,29 @@ def set_zendesk(store_id: str, subdomain: str | None, email: str | None, api_tok
 @click.argument("store_id")
 def groups(store_id: str) -> None:
     """The Zendesk groups of STORE's account (id and name), to pick a default group."""
-    def listed(host: Host) -> list[Any]:
-        config = stores.load(host, store_id)
-        if config is None or config.api_token is None:
-            raise SettingsError(f"Zendesk is not configured for store {store_id!r}")
-        return stores.groups(host, config, "the stored credentials")
-
-    for group in _run(listed):
+    host = open_host()
+    config = stores.load(host, store_id)
+    if config is None or config.api_token is None:
+        fail(f"Zendesk is not configured for store {store_id!r}; connect it with `opcore stores set zendesk`")
+    for group in stores.groups(host, config, "the stored credentials"):
         click.echo(f"{group.id}\t{group.name}")
 
 
 @click.command("zendesk-sandbox")
-@click.option("--port", default=8710, show_default=True, type=int)
+@click.option("--port", default=8710, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", "bind", default="127.0.0.1", show_default=True, help="Keep it on loopback: no real auth.")
-@click.option("--other-apps", default=0.0, show_default=True, help="Share of each account's budget other apps use.")
-@click.option("--error-rate", default=0.0, show_default=True, help="Fraction of requests answered 500.")
-@click.option("--drop-rate", default=0.0, show_default=True, help="Fraction processed, then connection dropped.")
+@click.option("--other-apps", default=0.0, show_default=True, type=click.FloatRange(0, 0.95),
+              help="Share of each account's budget other apps use.")
+@fault_options
 def sandbox_command(port: int, bind: str, other_apps: float, error_rate: float, drop_rate: float) -> None:
     """A local Zendesk stand-in; add accounts with POST /_sandbox/accounts."""
     from .sandbox import main
 
-    click.echo(f"Zendesk sandbox on http://{bind}:{port}; set OPCORE_ZENDESK_API_URL=http://{bind}:{port}/{{subdomain}}")
-    main(port, bind, other_apps=other_apps, error_rate=error_rate, drop_rate=drop_rate)
+    main(port, bind, other_apps=other_apps, error_rate=error_rate, drop_rate=drop_rate,
+         on_ready=lambda url: click.echo(f"Zendesk sandbox on {url}; set OPCORE_ZENDESK_API_URL={url}/{{subdomain}}"))
 
 
 def register(cli: click.Group) -> None:
     cli.add_command(sandbox_command)
     add_store_commands(cli, set_zendesk, groups)
+    add_refusal(cli, SettingsError)

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opcore_hooks.serving import DroppedResponse, ThreadedServer, hide_drops
+from opcore_hooks.serving import DroppedResponse, ForegroundServer, ThreadedServer, hide_drops
 
 WINDOW = 60.0
 IDEMPOTENCY_SECONDS = 2 * 3600
@@ -265,8 +265,8 @@ def run_in_thread(config: SandboxConfig | None = None, host: str = "127.0.0.1", 
     return server
 
 
-def main(port: int, host: str = "127.0.0.1", **config: Any) -> None:
-    server = uvicorn.Server(uvicorn.Config(create_sandbox(SandboxConfig(**config)), host=host, port=port,
-                                           lifespan="off"))
+def main(port: int, host: str = "127.0.0.1", on_ready: Callable[[str], None] | None = None, **config: Any) -> None:
+    server = ForegroundServer(uvicorn.Config(create_sandbox(SandboxConfig(**config)), host=host, port=port,
+                                             lifespan="off"), on_ready)
     hide_drops()
     server.run()

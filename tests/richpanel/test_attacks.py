@@ -319,7 +319,7 @@ def cli(monkeypatch, redis_client, settings, sandbox):
     monkeypatch.setenv("OPCORE_NAMESPACE", settings.namespace)
     monkeypatch.setenv("OPCORE_MASTER_KEY", settings.master_key.get_secret_value())
     monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", sandbox.url)
-    monkeypatch.delenv("OPCORE_REDIS_URL", raising=False)
+    monkeypatch.setenv("OPCORE_REDIS_URL", "redis://the-test-redis.invalid:6379/0")  # never dialled: connect is patched
     monkeypatch.delenv("OPCORE_PLUGINS", raising=False)
     runner = CliRunner()
 

@@ -19,10 +19,15 @@ TEAM = "0b5e6a3c-7d1f-4c2a-9e8b-1f2d3c4b5a69"
 
 @pytest.fixture
 def host(make_host, monkeypatch):
-    """Every `Host.from_env()` of the commands gets this test's host, Richpanel being the sandbox."""
+    """Every `Host.from_env()` of the commands gets this test's host, Richpanel being the sandbox.
+
+    The host stands for the deployment's Redis, so OPCORE_REDIS_URL is set as an operator's would
+    be (operator commands refuse the embedded store); it is never dialled: from_env returns the host.
+    """
     app = create_sandbox(SandboxConfig(quota=None))
     app.state.sandbox.add_account(KEY, teams=[{"id": TEAM, "name": "Claims"}, {"name": "Support"}])
     monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", "http://testserver")
+    monkeypatch.setenv("OPCORE_REDIS_URL", "redis://the-test-host.invalid:6379/0")
     host = make_host({"richpanel": plugin})
     with TestClient(app) as http:
         session.set_http(host, http)

@@ -143,7 +143,7 @@ def test_the_iframe_credential_never_reaches_a_log(client, host, caplog, monkeyp
     from opcore_hooks import cli
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: seen.update(vars(self.config)))
     for name, value in {"OPCORE_WEBHOOK_SECRET": WEBHOOK_SECRET, "OPCORE_ADMIN_TOKEN": ADMIN_TOKEN,
                         "OPCORE_MASTER_KEY": host.settings.master_key.get_secret_value()}.items():
         monkeypatch.setenv(name, value)

@@ -253,6 +253,7 @@ def test_operators_connect_a_store_from_the_command_line(make_host, sandbox, mon
 
     host = make_host({"zendesk": plugin})
     monkeypatch.setattr(Host, "from_env", classmethod(lambda cls, **kw: host))
+    monkeypatch.setenv("OPCORE_REDIS_URL", "redis://the-test-host.invalid:6379/0")  # never dialled: from_env is the host
     commands.register(cli)
     run = CliRunner().invoke
     done = run(cli, ["stores", "set", "zendesk", STORE, "--subdomain", SUBDOMAIN, "--email", EMAIL,
