@@ -188,3 +188,16 @@ def test_the_shape_is_the_ingress_s_byte_for_byte_in_its_keys(app):
         answer = client.put(url(plugin), headers=ADMIN, json=CASES[plugin]["three"]).json()
         shapes[plugin] = [list(answer), [list(d) for d in answer["details"]][:1]]
     assert all(shape == shapes["ingress"] for shape in shapes.values()), json.dumps(shapes)
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_widget_provisioning_refuses_in_the_same_shape(app, plugin):
+    host, client, asked = app
+    bad_field = client.post(url(plugin) + "/widget", headers=ADMIN, json={"revoke_previous": "maybe"})
+    assert bad_field.status_code == 422
+    assert [d["field"] for d in bad_field.json()["details"]] == ["revoke_previous"]
+    assert_ingress_shape(bad_field.json())
+    bad_id = client.post(url(plugin, "store:other") + "/widget", headers=ADMIN)
+    assert bad_id.status_code == 422
+    assert_ingress_shape(bad_id.json())
+    assert not host.redis.exists(host.key(plugin, "widget", "store_123"))
