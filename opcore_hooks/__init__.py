@@ -3,11 +3,13 @@
 A plugin imports from here: ``hookimpl`` to mark its hook implementations, ``Host`` (what
 every hook receives), ``Routes`` to hand over its Starlette routes, the event models,
 ``CredentialsCheck`` for its health, the delivery engine's ``Helpdesk`` seam with its
-``Pacing``, ``Call`` and the errors a helpdesk's answers map to, ``Panel`` for the widget, and
-``read_json``/``BodyError`` to read a bounded JSON body in its own routes.
+``Pacing``, ``Call`` and the errors a helpdesk's answers map to, ``Panel`` for the widget,
+``read_json``/``read_object``/``BodyError`` to read a bounded JSON body in its own routes, and
+the one error style every route answers in (``RequestError``, ``problem``, ``check_settings``,
+``validated``, ``validate_fields``, ``field_errors``, ``error_response``; see ``opcore_hooks.errors``).
 """
 
-from .bodies import BodyError, read_json
+from .bodies import BodyError, read_json, read_object
 from .delivery import (
     Call,
     CredentialsRejected,
@@ -18,6 +20,16 @@ from .delivery import (
     Refused,
     Transient,
     classify_http,
+)
+from .errors import (
+    Detail,
+    RequestError,
+    check_settings,
+    error_response,
+    field_errors,
+    problem,
+    validate_fields,
+    validated,
 )
 from .events import (
     ClaimCreated,
@@ -46,6 +58,7 @@ __all__ = [
     "Pacing",
     "RateLimited",
     "Refused",
+    "RequestError",
     "Transient",
     "ClaimCreated",
     "ClaimState",
@@ -54,14 +67,22 @@ __all__ = [
     "CredentialsCheck",
     "Customer",
     "CustomerContext",
+    "Detail",
     "Event",
     "Host",
     "Order",
     "OrderUpserted",
     "Panel",
     "Routes",
+    "check_settings",
     "classify_http",
+    "error_response",
+    "field_errors",
     "hookimpl",
     "id_problem",
+    "problem",
     "read_json",
+    "read_object",
+    "validate_fields",
+    "validated",
 ]

@@ -14,16 +14,17 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
+from .errors import Detail, RequestError, not_an_object
+
 #: No webhook or settings body comes near this; anything deeper is refused before validation.
 MAX_DEPTH = 32
 
 
-class BodyError(Exception):
+class BodyError(RequestError):
     """The body cannot be used; ``status`` is what the ingress answers (413, 400 or 422)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+    def __init__(self, status: int, message: str, details: list[Detail] | None = None) -> None:
+        super().__init__(message, details, status=status)
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -69,4 +70,20 @@ async def read_json(request: Request, limit: int) -> Any:
     # takes), so a body with few brackets cannot nest deep: only the rare one is walked.
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth_exceeds(data, MAX_DEPTH):
         raise BodyError(422, f"body nests deeper than {MAX_DEPTH} levels")
+    return data
+
+
+async def read_object(request: Request, limit: int, example: str) -> dict[str, Any]:
+    """The body as a JSON object, refused as the ingress refuses the same body otherwise.
+
+    Every settings PUT takes an object; ``example`` (a short valid body) ends each refusal, so
+    the admin learns what to send along with what was wrong.
+    """
+    try:
+        data = await read_json(request, limit)
+    except BodyError as exc:
+        raise BodyError(exc.status, f"{exc.message}; send e.g. {example}", exc.details) from None
+    if not isinstance(data, dict):
+        wrong = not_an_object(example)
+        raise BodyError(422, wrong["message"], [wrong])
     return data

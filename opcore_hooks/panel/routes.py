@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from ..crypto import DecryptionError
 from ..bodies import BodyError, read_limited
+from ..errors import error_response, field_errors, problem
 from ..ids import email_problem, id_problem
 from ..signing import FUTURE_WINDOW, HEADER, WINDOW, SignatureError, join, sign, verify
 from . import render
@@ -149,15 +150,16 @@ async def _rotation(request: Request) -> Rotation:
         errors = exc.errors()
         if any(e["type"] == "json_invalid" for e in errors):
             raise BodyError(400, 'body is not valid JSON; send {"revoke_previous": true} or nothing') from None
-        fields = ", ".join(".".join(map(str, e["loc"])) for e in errors)
-        raise BodyError(422, f'invalid body field(s) {fields}: send {{"revoke_previous": true}} or nothing') from None
+        details = field_errors(exc, model=Rotation)
+        fields = ", ".join(d["field"] or "body" for d in details)
+        raise BodyError(422, f'invalid body field(s) {fields}: send {{"revoke_previous": true}} or nothing',
+                        details) from None
 
 
 def internal_routes(plugin: str, secrets: WidgetSecrets) -> list[Route]:
     def refuse_id(store_id: str) -> JSONResponse | None:
-        if problem := id_problem("store_id", store_id):
-            return JSONResponse({"error": problem, "details": [{"field": "store_id", "message": problem}]},
-                                status_code=422)
+        if wrong := id_problem("store_id", store_id):
+            return error_response(422, wrong, [problem("store_id", wrong, "string_pattern_mismatch")])
         return None
 
     async def provision_widget(request: Request) -> JSONResponse:
@@ -167,7 +169,7 @@ def internal_routes(plugin: str, secrets: WidgetSecrets) -> list[Route]:
         try:
             rotation = await _rotation(request)
         except BodyError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+            return exc.response()
         made = secrets.provision(store_id, revoke_previous=rotation.revoke_previous)
         base = str(request.base_url)
         return JSONResponse({

@@ -8,10 +8,10 @@ settings; this module wires them to the host. The plugin's name comes from its f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import click
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -19,21 +19,25 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from opcore_hooks import (
-    BodyError,
     ClaimCreated,
     ClaimStatusChanged,
     CredentialsCheck,
     CredentialsRejected,
     CustomerContext,
+    Detail,
     Event,
     HelpdeskError,
     Host,
     Panel,
     RateLimited,
+    RequestError,
     Routes,
+    check_settings,
+    error_response,
     hookimpl,
     id_problem,
-    read_json,
+    problem,
+    read_object,
 )
 
 from . import stores
@@ -85,12 +89,15 @@ def on_claim_status_changed(host: Host, event: Event, change: ClaimStatusChanged
     host.delivery(NAME).claim_status_changed(change)  # finishes the ticket once it exists
 
 
-class SettingsRefused(Exception):
-    """A change the settings API refuses; ``rejected``: the helpdesk refused the token itself."""
+class SettingsRefused(RequestError):
+    """A change the settings API refuses, in the host's error style (``RequestError``: a 422
+    unless ``status`` says otherwise, with a detail per field at fault); ``rejected``: the
+    helpdesk refused the token itself."""
 
-    def __init__(self, message: str, status: int = 422, *, rejected: bool = False) -> None:
-        super().__init__(message)
-        self.message, self.status, self.rejected = message, status, rejected
+    def __init__(self, message: str | None = None, details: list[Detail] | None = None, *,
+                 status: int = 422, retry_after: float | None = None, rejected: bool = False) -> None:
+        super().__init__(message, details, status=status, retry_after=retry_after)
+        self.rejected = rejected
 
 
 def _check(host: Host, token: str) -> None:
@@ -99,21 +106,36 @@ def _check(host: Host, token: str) -> None:
     try:
         delivery.request(token, delivery.helpdesk.check, max_wait=5.0)
     except CredentialsRejected:
-        raise SettingsRefused("the helpdesk rejected this api_token; nothing was saved", rejected=True) from None
+        raise SettingsRefused("the helpdesk rejected this api_token; nothing was saved", rejected=True,
+                              details=[problem("api_token", "rejected by the helpdesk: paste a valid token",
+                                               "rejected")]) from None
     except RateLimited as exc:
-        raise SettingsRefused(f"the helpdesk is rate limiting; try again in {exc.retry_after:.0f} s") from None
+        wait = f"try again in {exc.retry_after:.0f} s"
+        raise SettingsRefused(f"the helpdesk is rate limiting; {wait}", retry_after=exc.retry_after,
+                              details=[problem("api_token", f"not checked: {wait}", "rate_limited")]) from None
     except HelpdeskError as exc:
-        raise SettingsRefused(f"the helpdesk could not check the token ({exc}); try again later", 502) from None
+        raise SettingsRefused(f"the helpdesk could not check the token ({exc}); try again later", status=502) from None
 
 
-def configure(host: Host, store_id: str, update: stores.SettingsUpdate) -> stores.StoreSettings:
-    """Check the token (given, or stored and enabled), save, and release work parked on a bad one."""
-    if problem := id_problem("store_id", store_id):  # it becomes part of Redis keys and URLs
-        raise SettingsRefused(problem)
+#: A body to show whoever sent one that could not be used.
+EXAMPLE = '{"api_token": "...", "enabled": true}'
+
+
+def configure(host: Host, store_id: str, update: stores.SettingsUpdate | Mapping[str, Any]) -> stores.StoreSettings:
+    """Check the token (given, or stored and enabled), save, and release work parked on a bad one.
+
+    ``update`` may be the PUT's body as sent: every local problem (its fields, the store id,
+    a token none is stored for) is refused in one answer, before the helpdesk is asked.
+    """
+    # The body's fields and the store id (it becomes part of Redis keys and URLs), then the state.
+    update, problems = check_settings(stores.SettingsUpdate, store_id, update, EXAMPLE, SettingsRefused)
     current = stores.read(host, NAME, store_id)
     token = update.api_token or (current.api_token if current else None)
-    if token is None:
-        raise SettingsRefused("api_token is required: none is stored for this store")
+    if token is None and not any(d["field"] == "api_token" for d in problems):
+        problems.append(problem("api_token", "api_token is required: none is stored for this store", "missing"))
+    if problems:
+        raise SettingsRefused(details=problems)
+    assert token is not None
     _check(host, token.get_secret_value())
     saved = stores.save(host, NAME, store_id, update, credentials="valid")
     if saved.enabled:
@@ -125,32 +147,32 @@ def configure(host: Host, store_id: str, update: stores.SettingsUpdate) -> store
 def register_routes(host: Host) -> Routes:
     """The settings API, under ``/internal/integrations/<NAME>`` behind the admin token."""
 
+    def not_configured(store_id: str) -> Response:
+        return error_response(404, f"{NAME} is not configured for store {store_id!r}: PUT its settings first")
+
     async def put(request: Request) -> Response:
+        # Every refusal is a RequestError (a body that is no JSON object included), answered in
+        # the ingress's shape: {"error": one line, "details": [{"field", "message", "type"}]}.
         try:
-            update = stores.SettingsUpdate.model_validate(await read_json(request, 16 * 1024))
+            body = await read_object(request, 16 * 1024, EXAMPLE)
             # The check calls the helpdesk: blocking work goes to a thread, never on the loop.
-            saved = await run_in_threadpool(configure, host, request.path_params["store_id"], update)
-        except BodyError as exc:
-            return JSONResponse({"error": exc.message}, exc.status)
-        except ValidationError as exc:
-            fields = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
-                      for e in exc.errors(include_input=False, include_url=False)]
-            return JSONResponse({"error": "invalid settings", "details": fields}, 422)
-        except SettingsRefused as exc:
-            return JSONResponse({"error": exc.message}, exc.status)
+            saved = await run_in_threadpool(configure, host, request.path_params["store_id"], body)
+        except RequestError as exc:
+            return exc.response()
         return JSONResponse(stores.view(saved))
 
     async def get(request: Request) -> Response:
-        found = await run_in_threadpool(stores.read, host, NAME, request.path_params["store_id"])
-        return JSONResponse(stores.view(found)) if found else JSONResponse({"error": "not configured"}, 404)
+        store_id = request.path_params["store_id"]
+        found = await run_in_threadpool(stores.read, host, NAME, store_id)
+        return JSONResponse(stores.view(found)) if found else not_configured(store_id)
 
     async def delete(request: Request) -> Response:
         # The host revokes the store's widget before this runs (every plugin's DELETE does).
         store_id = request.path_params["store_id"]
-        if problem := id_problem("store_id", store_id):
-            return JSONResponse({"error": problem}, 422)
+        if wrong_id := id_problem("store_id", store_id):
+            return error_response(422, wrong_id, [problem("store_id", wrong_id, "string_pattern_mismatch")])
         if not await run_in_threadpool(stores.forget, host, NAME, store_id):
-            return JSONResponse({"error": "not configured"}, 404)
+            return not_configured(store_id)
         return JSONResponse(stores.view(await run_in_threadpool(stores.read, host, NAME, store_id)))
 
     return Routes(internal=[Route("/stores/{store_id}", put, methods=["PUT"]),

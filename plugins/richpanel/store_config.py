@@ -1,4 +1,4 @@
-"""A store's Richpanel settings as the API, the CLI and storage see them, and their errors.
+"""A store's Richpanel settings as the API, the CLI and storage see them, their rules, and their errors.
 
 Kept apart from ``stores`` (which talks to Redis and Richpanel) so the boundary models can
 be read, and reused, without the machinery behind them.
@@ -10,27 +10,26 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, field_validator
 
+from opcore_hooks import RequestError, problem, validated
 from opcore_hooks.fields import MirrorMessages
+
+from .client import Team
 
 FIELD = "api_key"  # the vault binds the ciphertext to this field name
 CHANNELS = ("email", "message", "twilio-sms", "attentive", "aircall", "facebook_message",
             "instagram", "facebook_feed_comment")
 _KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # a header value: printable ASCII, no spaces
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
-class SettingsError(Exception):
+class SettingsError(RequestError):
     """A change was refused or a call cannot be served; ``message`` is for a store admin.
 
     ``status`` is the HTTP status the settings API answers with: 422 for anything the admin
     can fix in the request, 404 for an unknown store, 502 when Richpanel itself failed.
     """
-
-    def __init__(self, message: str, details: list[dict[str, Any]] | None = None, *,
-                 status: int = 422, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message, self.details, self.status, self.retry_after = message, details or [], status, retry_after
 
 
 class StoreConfig(BaseModel):
@@ -77,27 +76,41 @@ class SettingsUpdate(BaseModel):
         return value
 
 
-def parse_update(data: Any) -> SettingsUpdate:
-    """The PUT body (or the CLI's options) as a SettingsUpdate, or a SettingsError naming fields.
+#: A body to show whoever sent one that could not be used.
+EXAMPLE = '{"api_key": "rp_...", "default_channel": "email", "enabled": true}'
 
-    Pydantic's own error text carries the input value, which may be a key: only the location
-    and message are kept.
-    """
-    if not isinstance(data, dict):
-        raise SettingsError("the body must be a JSON object such as {\"api_key\": \"rp_...\"}")
-    try:
-        return SettingsUpdate.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors(include_input=False, include_url=False)
-    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
-    details = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"].removeprefix("Value error, ")}
-               for e in errors if e["type"] != "extra_forbidden"]
-    if unknown:
-        details.insert(0, {"field": ", ".join(unknown), "message": "unknown field(s); allowed: "
-                           + ", ".join(SettingsUpdate.model_fields)})
-    raise SettingsError("; ".join(f"{d['field']}: {d['message']}" for d in details), details)
+
+def parse_update(data: Any) -> SettingsUpdate:
+    """The PUT body (or the CLI's options) as a SettingsUpdate, or a SettingsError naming every bad field."""
+    return validated(SettingsUpdate, data, EXAMPLE, SettingsError)
+
+
+def check_team(team_id: str, teams: list[Team]) -> str:
+    """The team as Richpanel spells its id; a name or unknown id lists the account's teams."""
+    listing = [{"id": t.id, "name": t.name} for t in teams]
+    names = ", ".join(f"{t.name} ({t.id})" for t in teams) or "none"
+    if not _UUID.match(team_id):
+        wrong = f"default_team_id must be a team's id (a UUID), not its name. This account's teams: {names}"
+    else:
+        for team in teams:
+            if team.id.lower() == team_id.lower():
+                return team.id
+        wrong = f"default_team_id {team_id} is not a team of this Richpanel account. Its teams: {names}"
+    raise SettingsError(details=[problem("default_team_id", wrong, "unknown_team", teams=listing)])
 
 
 def mask(key: str) -> str:
     """``rp_…`` and the last 4 characters; short keys show no tail (it would be most of them)."""
     return f"rp_…{key[-4:]}" if len(key) >= 12 else "rp_…"
+
+
+def view(config: StoreConfig) -> dict[str, Any]:
+    """The JSON-able settings an admin may see: key masked, health flat and grouped."""
+    health = {"credentials": config.credentials,
+              "checked_at": config.checked_at.isoformat() if config.checked_at else None,
+              "last_error": config.last_error}
+    return {"store_id": config.store_id,
+            "api_key": mask(config.api_key.get_secret_value()) if config.api_key else None,
+            "connected": config.api_key is not None, "default_team_id": config.default_team_id,
+            "default_channel": config.default_channel, "enabled": config.enabled, "mirror_messages": False,
+            **health, "health": health}

@@ -12,32 +12,39 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 import redis
 from pydantic import SecretStr
 
-from opcore_hooks import CredentialsCheck, Host
+from opcore_hooks import (
+    CredentialsCheck,
+    CredentialsRejected,
+    Detail,
+    HelpdeskError,
+    Host,
+    RateLimited,
+    check_settings,
+    problem,
+)
 from opcore_hooks.crypto import DecryptionError
-from opcore_hooks.ids import id_problem
-
-from opcore_hooks import CredentialsRejected, HelpdeskError, RateLimited
 
 from .client import Team
 from .store_config import (  # noqa: F401 - re-exported: stores is the module callers use
     CHANNELS,
     FIELD,
+    EXAMPLE,
     SettingsError,
     SettingsUpdate,
     StoreConfig,
+    check_team,
     mask,
     parse_update,
+    view,
 )
 
 NAME = "richpanel"
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 #: Longest wait for the key's pacing slot before a check is refused as rate limited.
 MAX_PACING_WAIT = 5.0
 
@@ -159,9 +166,8 @@ class RichpanelUnavailable(SettingsError):
 
 def _limited(which: str, seconds: float) -> RichpanelUnavailable:
     wait = max(1, math.ceil(seconds))
-    return RichpanelUnavailable(f"Richpanel is rate limiting {which}, try again in {wait} second{'s' * (wait != 1)}",
-                                [{"field": FIELD, "message": "rate limited", "retry_after": wait}],
-                                retry_after=wait)
+    wrong = f"Richpanel is rate limiting {which}, try again in {wait} second{'s' * (wait != 1)}"
+    return RichpanelUnavailable(wrong, [problem(FIELD, wrong, "rate_limited", retry_after=wait)], retry_after=wait)
 
 
 def _teams(host: Host, api_key: str, which: str) -> list[Team]:
@@ -178,49 +184,32 @@ def _teams(host: Host, api_key: str, which: str) -> list[Team]:
         return delivery.request(api_key, lambda call: richpanel.client(call, lambda c: c.list_teams()),
                                 max_wait=MAX_PACING_WAIT)
     except CredentialsRejected:
-        raise KeyRejected(f"Richpanel rejected {which} (401)",
-                          [{"field": FIELD, "message": "rejected by Richpanel"}]) from None
+        wrong = f"Richpanel rejected {which} (401)"
+        raise KeyRejected(wrong, [problem(FIELD, wrong, "rejected")]) from None
     except RateLimited as exc:
         raise _limited(which, exc.retry_after) from None
     except HelpdeskError as exc:  # the client's messages never carry the key
-        raise RichpanelUnavailable(f"Richpanel could not check {which} ({exc}); try again later",
-                                   [{"field": FIELD, "message": str(exc)}]) from None
+        wrong = f"Richpanel could not check {which} ({exc}); try again later"
+        raise RichpanelUnavailable(wrong, [problem(FIELD, wrong, "unavailable")]) from None
 
 
-def _check_team(team_id: str, teams: list[Team]) -> str:
-    """The team as Richpanel spells its id; a name or unknown id lists the account's teams."""
-    listing = [{"id": t.id, "name": t.name} for t in teams]
-    names = ", ".join(f"{t.name} ({t.id})" for t in teams) or "none"
-    if not _UUID.match(team_id):
-        problem = f"default_team_id must be a team's id (a UUID), not its name. This account's teams: {names}"
-    else:
-        for team in teams:
-            if team.id.lower() == team_id.lower():
-                return team.id
-        problem = f"default_team_id {team_id} is not a team of this Richpanel account. Its teams: {names}"
-    raise SettingsError(problem, [{"field": "default_team_id", "message": problem, "teams": listing}])
-
-
-def _check_store_id(store_id: str) -> None:
-    problem = id_problem("store_id", store_id)
-    if problem:
-        raise SettingsError(problem, [{"field": "store_id", "message": problem}])
-
-
-def update(host: Host, store_id: str, changes: SettingsUpdate) -> StoreConfig:
+def update(host: Host, store_id: str, changes: SettingsUpdate | Mapping[str, Any]) -> StoreConfig:
     """Validate ``changes`` merged over the stored settings and save them, or raise SettingsError.
 
-    Richpanel is asked (one GET /v1/teams) whenever a key or team is given or the result is
-    enabled, so an enabled store always holds a key that worked when it was saved; a change
-    that only disables or clears needs no network. The write is one MULTI, guarded by WATCH
-    so a concurrent change is never half-merged; nothing is written on any failure.
+    ``changes`` may be the PUT's body as sent: then the body's faults, the store id's and what
+    the stored settings lack (a key) are named together in one SettingsError, and Richpanel is
+    not asked while any of them stands. Richpanel is asked (one GET /v1/teams) whenever a key
+    or team is given or the result is enabled, so an enabled store always holds a key that
+    worked when it was saved; a change that only disables or clears needs no network. The
+    write is one MULTI, guarded by WATCH so a concurrent change is never half-merged; nothing
+    is written on any failure.
     """
-    _check_store_id(store_id)
+    changes, problems = check_settings(SettingsUpdate, store_id, changes, EXAMPLE, SettingsError)
     key = _key(host, store_id)
     for _ in range(3):
         with host.redis.pipeline(transaction=True) as pipe:
             pipe.watch(key)
-            saved, checked = _merge(host, store_id, _decode(pipe.hgetall(key)), changes)
+            saved, checked = _merge(host, store_id, _decode(pipe.hgetall(key)), changes, problems)
             pipe.multi()
             pipe.delete(key)
             pipe.hset(key, mapping=_to_hash(host, saved))
@@ -238,17 +227,24 @@ def update(host: Host, store_id: str, changes: SettingsUpdate) -> StoreConfig:
     raise SettingsError("the settings changed while they were being saved; send the change again")
 
 
-def _merge(host: Host, store_id: str, fields: dict[str, str], changes: SettingsUpdate) -> tuple[StoreConfig, bool]:
-    """The settings to save and whether Richpanel vouched for them just now."""
+def _merge(host: Host, store_id: str, fields: dict[str, str], changes: SettingsUpdate,
+           body_problems: list[Detail]) -> tuple[StoreConfig, bool]:
+    """The settings to save and whether Richpanel vouched for them just now.
+
+    ``body_problems`` (the body's invalid fields, left out of ``changes``) are raised together
+    with what the stored settings lack, before Richpanel is asked anything.
+    """
     given = changes.model_fields_set
     new_key = changes.api_key if "api_key" in given else None
+    problems = list(body_problems)
+    key_named = any(d["field"] == FIELD for d in problems)  # a bad key in the body: not "missing" too
     if fields:
         try:
             current = from_fields(host, store_id, fields)
         except DecryptionError as exc:
-            if new_key is None:
-                raise SettingsError(f"{exc}: send api_key with this change",
-                                    [{"field": FIELD, "message": "stored key unreadable"}]) from None
+            if new_key is None and not key_named:
+                problems.append(problem(FIELD, f"{exc}: send api_key with this change", "unreadable"))
+                key_named = True
             current = from_fields(host, store_id, {k: v for k, v in fields.items() if k != FIELD})
     else:
         current = StoreConfig(store_id=store_id)
@@ -259,9 +255,12 @@ def _merge(host: Host, store_id: str, fields: dict[str, str], changes: SettingsU
         else current.default_channel,
         "enabled": current.enabled if changes.enabled is None else changes.enabled,
     })
-    if merged.api_key is None:
-        raise SettingsError("api_key is required: no Richpanel API key is stored for this store",
-                            [{"field": FIELD, "message": "required"}])
+    if merged.api_key is None and not key_named:
+        problems.append(problem(FIELD, "api_key is required: no Richpanel API key is stored for this store",
+                                "missing"))
+    if problems:
+        raise SettingsError(details=problems)
+    assert merged.api_key is not None
     team_given = "default_team_id" in given and changes.default_team_id is not None
     if not (new_key is not None or team_given or merged.enabled):
         return merged, False
@@ -271,12 +270,13 @@ def _merge(host: Host, store_id: str, fields: dict[str, str], changes: SettingsU
     except KeyRejected as exc:
         fix = ("check that you copied the whole key and that it is still active" if new_key is not None
                else "paste a new api_key")
-        raise SettingsError(f"{exc.message}: {fix}. Nothing was saved.", exc.details) from None
+        raise SettingsError(f"{exc.message}: {fix}. Nothing was saved.",
+                            [problem(FIELD, f"{exc.message}: {fix}", "rejected")]) from None
     except RichpanelUnavailable as exc:
         raise SettingsError(f"{exc.message}. Nothing was saved.", exc.details,
                             retry_after=exc.retry_after) from None
     if merged.default_team_id is not None:
-        merged.default_team_id = _check_team(merged.default_team_id, teams)
+        merged.default_team_id = check_team(merged.default_team_id, teams)
     merged.credentials, merged.checked_at, merged.last_error = "valid", _now(), None
     return merged, True
 
@@ -344,31 +344,19 @@ def list_teams(host: Host, store_id: str) -> list[Team]:
     if config is None:
         raise SettingsError(f"Richpanel is not configured for store {store_id!r}", status=404)
     if config.api_key is None:
-        raise SettingsError("no Richpanel API key is stored for this store; save an api_key first",
-                            [{"field": FIELD, "message": "required"}])
+        raise SettingsError(details=[problem(FIELD, "no Richpanel API key is stored for this store; "
+                                                    "save an api_key first", "missing")])
     try:
         teams = _teams(host, config.api_key.get_secret_value(), "the stored API key")
     except KeyRejected as exc:
-        exc.message = f"{exc.message}: paste a new api_key"
-        mark_invalid(host, store_id, exc.message)
-        raise
+        wrong = f"{exc.message}: paste a new api_key"
+        mark_invalid(host, store_id, wrong)
+        raise SettingsError(details=[problem(FIELD, wrong, "rejected")]) from None
     except RichpanelUnavailable as exc:
         exc.status = 502
         raise
     mark_valid(host, store_id)
     return teams
-
-
-def view(config: StoreConfig) -> dict[str, Any]:
-    """The JSON-able settings an admin may see: key masked, health flat and grouped."""
-    health = {"credentials": config.credentials,
-              "checked_at": config.checked_at.isoformat() if config.checked_at else None,
-              "last_error": config.last_error}
-    return {"store_id": config.store_id,
-            "api_key": mask(config.api_key.get_secret_value()) if config.api_key else None,
-            "connected": config.api_key is not None, "default_team_id": config.default_team_id,
-            "default_channel": config.default_channel, "enabled": config.enabled, "mirror_messages": False,
-            **health, "health": health}
 
 
 def status(host: Host, store_id: str) -> dict[str, Any] | None:

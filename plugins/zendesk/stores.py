@@ -12,15 +12,25 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import redis
-from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, StrictInt, field_validator
 
-from opcore_hooks import CredentialsRejected, HelpdeskError, Host, RateLimited, Refused
+from opcore_hooks import (
+    CredentialsRejected,
+    Detail,
+    HelpdeskError,
+    Host,
+    RateLimited,
+    Refused,
+    RequestError,
+    check_settings,
+    problem,
+    validated,
+)
 from opcore_hooks.crypto import DecryptionError
 from opcore_hooks.fields import MirrorMessages
-from opcore_hooks.ids import id_problem
 
 from .client import SUBDOMAIN, Group
 
@@ -32,13 +42,12 @@ MAX_PACING_WAIT = 5.0
 log = logging.getLogger("opcore.zendesk.stores")
 
 
-class SettingsError(Exception):
+class SettingsError(RequestError):
     """A change refused or a call that cannot be served; ``message`` is for a store admin."""
 
-    def __init__(self, message: str, details: list[dict[str, Any]] | None = None, *, status: int = 422,
+    def __init__(self, message: str | None = None, details: list[Detail] | None = None, *, status: int = 422,
                  retry_after: float | None = None, rejected: bool = False) -> None:
-        super().__init__(message)
-        self.message, self.details, self.status, self.retry_after = message, details or [], status, retry_after
+        super().__init__(message, details, status=status, retry_after=retry_after)
         #: Zendesk refused the credentials themselves (a 401), as opposed to not answering.
         self.rejected = rejected
 
@@ -100,19 +109,13 @@ class SettingsUpdate(BaseModel):
         return SecretStr(token)
 
 
+#: A body to show whoever sent one that could not be used.
+EXAMPLE = '{"subdomain": "acme", "email": "agent@acme.com", "api_token": "...", "enabled": true}'
+
+
 def parse_update(data: Any) -> SettingsUpdate:
-    """The PUT body as a SettingsUpdate, or a SettingsError naming every bad field (never its value)."""
-    if not isinstance(data, dict):
-        raise SettingsError('the body must be a JSON object such as {"subdomain": "acme", "email": ..., '
-                            '"api_token": ...}')
-    try:
-        return SettingsUpdate.model_validate(data)
-    except ValidationError as exc:
-        details = [{"field": ".".join(map(str, e["loc"])) or "body",
-                    "message": e["msg"].removeprefix("Value error, ") if e["type"] != "extra_forbidden"
-                    else "unknown field; allowed: " + ", ".join(SettingsUpdate.model_fields)}
-                   for e in exc.errors(include_input=False, include_url=False)]
-    raise SettingsError("; ".join(f"{d['field']}: {d['message']}" for d in details), details)
+    """The PUT body (or the CLI's options) as a SettingsUpdate, or a SettingsError naming every bad field."""
+    return validated(SettingsUpdate, data, EXAMPLE, SettingsError)
 
 
 def mask(token: str) -> str:
@@ -205,36 +208,36 @@ def groups(host: Host, config: StoreConfig, which: str, *, unavailable_status: i
         return delivery.request(config.subdomain, lambda call: zendesk.client(call, config).list_groups(),
                                 max_wait=MAX_PACING_WAIT)
     except CredentialsRejected:
-        raise SettingsError(f"Zendesk rejected {which} (401): check the agent email and API token",
-                            [{"field": TOKEN, "message": "rejected by Zendesk"}], rejected=True) from None
+        raise SettingsError(details=[problem(TOKEN, f"Zendesk rejected {which} (401): check the agent email and "
+                                                    "API token", "rejected")], rejected=True) from None
     except Refused as exc:
-        raise SettingsError(f"Zendesk refused to list the groups with {which} ({exc}): the agent needs "
-                            "permission to see the account's groups", [{"field": "email", "message": str(exc)}]
-                            ) from None
+        raise SettingsError(details=[problem("email", f"Zendesk refused to list the groups with {which} ({exc}): "
+                                                      "the agent needs permission to see the account's groups",
+                                             "refused")]) from None
     except RateLimited as exc:
         wait = max(1, math.ceil(exc.retry_after))
-        raise SettingsError(f"Zendesk is rate limiting this account, try again in {wait} s",
-                            [{"field": TOKEN, "message": "rate limited"}], retry_after=wait) from None
+        raise SettingsError(details=[problem(TOKEN, f"Zendesk is rate limiting this account, try again in {wait} s",
+                                             "rate_limited", retry_after=wait)], retry_after=wait) from None
     except HelpdeskError as exc:
-        raise SettingsError(f"Zendesk could not check {which} ({exc}); try again later",
-                            [{"field": TOKEN, "message": str(exc)}], status=unavailable_status) from None
+        raise SettingsError(details=[problem(TOKEN, f"Zendesk could not check {which} ({exc}); try again later",
+                                             "unavailable")], status=unavailable_status) from None
 
 
-def update(host: Host, store_id: str, changes: SettingsUpdate) -> StoreConfig:
+def update(host: Host, store_id: str, changes: SettingsUpdate | Mapping[str, Any]) -> StoreConfig:
     """Validate ``changes`` merged over the stored settings and save them, or raise SettingsError.
 
-    Zendesk is asked whenever credentials or a group are given or the result is enabled, so an
-    enabled store always holds credentials that worked when they were saved.
+    ``changes`` may be the PUT's body as sent: then the body's faults, the store id's and what
+    the stored settings lack are named together in one SettingsError, and Zendesk is not asked
+    while any of them stands. Zendesk is asked whenever credentials or a group are given or the
+    result is enabled, so an enabled store always holds credentials that worked when saved.
     """
-    problem = id_problem("store_id", store_id)
-    if problem:
-        raise SettingsError(problem, [{"field": "store_id", "message": problem}])
+    changes, problems = check_settings(SettingsUpdate, store_id, changes, EXAMPLE, SettingsError)
     key = settings_key(host, store_id)
     for _ in range(3):
         with host.redis.pipeline(transaction=True) as pipe:
             pipe.watch(key)
             raw = {k.decode(): v.decode() for k, v in pipe.hgetall(key).items()}
-            saved = _merge(host, store_id, raw, changes)
+            saved = _merge(host, store_id, raw, changes, problems)
             pipe.multi()
             pipe.delete(key)
             pipe.hset(key, mapping=_to_hash(host, saved))
@@ -249,14 +252,17 @@ def update(host: Host, store_id: str, changes: SettingsUpdate) -> StoreConfig:
     raise SettingsError("the settings changed while they were being saved; send the change again")
 
 
-def _merge(host: Host, store_id: str, raw: dict[str, str], changes: SettingsUpdate) -> StoreConfig:
+def _merge(host: Host, store_id: str, raw: dict[str, str], changes: SettingsUpdate,
+           body_problems: list[Detail]) -> StoreConfig:
+    """The settings to save, checked with Zendesk; ``body_problems`` (the body's invalid fields,
+    left out of ``changes``) are raised with what the stored settings lack, before Zendesk is asked."""
     given = changes.model_fields_set
+    problems = list(body_problems)
     try:
         current = from_fields(host, store_id, raw) if raw else StoreConfig(store_id=store_id)
     except DecryptionError as exc:
-        if changes.api_token is None:
-            raise SettingsError(f"{exc}: send api_token with this change",
-                                [{"field": TOKEN, "message": "stored token unreadable"}]) from None
+        if changes.api_token is None and not any(d["field"] == TOKEN for d in problems):
+            problems.append(problem(TOKEN, f"{exc}: send api_token with this change", "unreadable"))
         current = from_fields(host, store_id, {k: v for k, v in raw.items() if k != TOKEN})
     merged = current.model_copy(update={
         "subdomain": changes.subdomain or current.subdomain, "email": changes.email or current.email,
@@ -264,19 +270,20 @@ def _merge(host: Host, store_id: str, raw: dict[str, str], changes: SettingsUpda
         "default_group_id": changes.default_group_id if "default_group_id" in given else current.default_group_id,
         "enabled": current.enabled if changes.enabled is None else changes.enabled,
     })
-    missing = [f for f in ("subdomain", "email", TOKEN) if getattr(merged, f) is None]
-    if missing:
-        raise SettingsError(f"{', '.join(missing)} required: nothing is stored for this store yet",
-                            [{"field": f, "message": "required"} for f in missing])
+    named = {d["field"] for d in problems}  # a field the body got wrong is not "missing" too
+    problems += [problem(f, f"{f} is required: none is stored for this store yet", "missing")
+                 for f in ("subdomain", "email", TOKEN) if getattr(merged, f) is None and f not in named]
+    if problems:
+        raise SettingsError(details=problems)
     credentials_given = bool({"subdomain", "email", TOKEN} & given)
     if not (credentials_given or changes.default_group_id is not None or merged.enabled):
         return merged
     listed = groups(host, merged, "these credentials" if credentials_given else "the stored credentials")
     if merged.default_group_id is not None and merged.default_group_id not in {g.id for g in listed}:
         names = ", ".join(f"{g.name} ({g.id})" for g in listed) or "none"
-        problem = f"default_group_id {merged.default_group_id} is not a group of this account. Its groups: {names}"
-        raise SettingsError(problem, [{"field": "default_group_id", "message": problem,
-                                       "groups": [g.model_dump() for g in listed]}])
+        wrong = f"default_group_id {merged.default_group_id} is not a group of this account. Its groups: {names}"
+        raise SettingsError(details=[problem("default_group_id", wrong, "unknown_group",
+                                             groups=[g.model_dump() for g in listed])])
     merged.credentials, merged.checked_at, merged.last_error = "valid", _now(), None
     return merged
 

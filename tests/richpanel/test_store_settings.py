@@ -160,7 +160,8 @@ def test_a_wrong_channel_lists_the_eight(host):
 
 def test_unknown_fields_are_named(host):
     error = refused(host, api_key=KEY, team="Claims", chanel="email")
-    assert "chanel, team" in error.message and "unknown" in error.message
+    assert [d["field"] for d in error.details] == ["team", "chanel"]
+    assert "team: unknown field" in error.message and "chanel: unknown field" in error.message
 
 
 def test_the_first_change_needs_a_key(host):
