@@ -19,6 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from .auth import BearerAuth
+from .guards import store_ids_checked
 from .host import Host
 from .ingress import Ingress
 from .routes import Routes
@@ -70,8 +71,10 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
         plugin_internal = routes.internal + (panel.internal_routes() if panel else [])
         plugin_widget = routes.widget + (panel.widget_routes() if panel else [])  # the panel's /{store_id} last
         if plugin_internal:
-            revoking = [Middleware(panel.revoking_on_store_delete)] if panel else []  # a store's DELETE ends its widget
-            internal.append(Mount(f"/integrations/{name}", routes=plugin_internal, middleware=revoking))
+            guards = [Middleware(store_ids_checked)]  # a malformed store id never reaches a plugin
+            if panel:
+                guards.append(Middleware(panel.revoking_on_store_delete))  # a store's DELETE ends its widget
+            internal.append(Mount(f"/integrations/{name}", routes=plugin_internal, middleware=guards))
         if plugin_widget:
             widgets.append(Mount(f"/{name}", routes=plugin_widget))
 

@@ -201,3 +201,15 @@ def test_widget_provisioning_refuses_in_the_same_shape(app, plugin):
     assert bad_id.status_code == 422
     assert_ingress_shape(bad_id.json())
     assert not host.redis.exists(host.key(plugin, "widget", "store_123"))
+
+
+@pytest.mark.parametrize("method,suffix", [("GET", ""), ("DELETE", ""), ("GET", "/teams"), ("DELETE", "/widget")])
+def test_a_malformed_store_id_is_422_on_every_route_of_every_plugin(make_host, method, suffix):
+    # Review of #13: GET and DELETE answered 404 "not configured for store 'a:b'".
+    host = make_host({"richpanel": richpanel, "zendesk": zendesk})
+    with TestClient(create_app(host)) as client:
+        for name in ("richpanel", "zendesk"):
+            answer = client.request(method, f"/internal/integrations/{name}/stores/a%3Ab{suffix}",
+                                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+            assert answer.status_code == 422, (name, answer.text)
+            assert answer.json()["details"][0]["field"] == "store_id"

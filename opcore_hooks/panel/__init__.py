@@ -12,7 +12,6 @@ live in ``secrets.py``, HTML and headers in ``render.py``, HTTP in ``routes.py``
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..guards import store_path
 from ..ids import id_problem
 
 from . import routes
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["GRACE_SECONDS", "Panel", "Provisioned", "WidgetPanel"]
 
 log = logging.getLogger("opcore.panel")
-
-#: A plugin's store settings path, under its internal mount (a trailing slash redirects to it).
-_STORE_PATH = re.compile(r"/stores/([^/]+)/?")
 
 
 @dataclass(frozen=True)
@@ -89,10 +86,9 @@ class WidgetPanel:
 
         async def revoking(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http" and scope["method"] == "DELETE":
-                path, root = scope["path"], scope.get("root_path", "")
-                found = _STORE_PATH.fullmatch(path[len(root):] if path.startswith(root) else path)
-                if found and id_problem("store_id", found[1]) is None:  # the path is decoded already
-                    await run_in_threadpool(self.revoke, found[1])
+                found = store_path(scope)  # the store's settings, not its widget or teams
+                if found and found[1] in ("", "/") and id_problem("store_id", found[0]) is None:
+                    await run_in_threadpool(self.revoke, found[0])
             await app(scope, receive, send)
 
         return revoking
