@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 
 from .auth import secret_matches
 from .bodies import BodyError, read_json
+from .errors import error_response, field_errors
 from .events import BODY_MODELS, Envelope, Event, normalize_topic, parse_body, received_form
 
 if TYPE_CHECKING:
@@ -34,23 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("opcore.ingress")
 
-def error(status: int, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
-    payload: dict[str, Any] = {"error": message}
-    if details is not None:
-        payload["details"] = details
-    return JSONResponse(payload, status_code=status)
-
-
-def describe_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
-    """pydantic errors as ``{"field": "body.customer.email", "message": ...}``, never echoing input."""
-    return [
-        {
-            "field": ".".join(str(part) for part in (prefix, *err["loc"]) if part != ""),
-            "message": err["msg"],
-            "type": err["type"],
-        }
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
+#: The ingress set the error style every door now shares (``opcore_hooks.errors``).
+error = error_response
 
 
 class Ingress:
@@ -88,7 +74,7 @@ class Ingress:
         try:
             envelope = Envelope.model_validate(data)
         except ValidationError as exc:
-            return error(422, "the webhook envelope is invalid", describe_errors(exc)), None
+            return error(422, "the webhook envelope is invalid", field_errors(exc)), None
         topic = normalize_topic(envelope.topic)
         if topic not in BODY_MODELS:
             await self._count(topic, "ignored")
@@ -96,7 +82,7 @@ class Ingress:
         try:
             body = parse_body(topic, envelope.body)
         except ValidationError as exc:
-            details = describe_errors(exc, "body")
+            details = field_errors(exc, "body")
             fields = ", ".join(d["field"] for d in details)
             return error(422, f"the {topic} body is invalid: {fields}", details), topic
         event = Event(id=envelope.id, topic=topic, created_at=envelope.created_at, body=body, received_at=time.time())
