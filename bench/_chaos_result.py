@@ -65,6 +65,9 @@ class ChaosResult:
     zendesk_requests: dict[str, int] = field(default_factory=dict)
     zendesk_stats: dict[str, int] = field(default_factory=dict)
     zd_ticket_seconds: dict[str, float] = field(default_factory=dict)
+    # /metrics as the one web process answered it, against what the stand-ins hold
+    metrics_tickets: dict[str, int] = field(default_factory=dict)  # plugin -> create done + adopted
+    metrics_out_of_step: int = 0  # helpdesks whose /metrics ticket count differs from the stand-in's
     settled: bool = False  # no message left in any queue (nothing more could happen)
     settle_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -101,6 +104,7 @@ class ChaosResult:
             "unexpected pending Zendesk tickets": self.zd_unexpected_pending,
             "public comments in Zendesk": self.zd_public_comments,
             "unexpected writes to Zendesk": self.zd_unexpected_writes,
+            "helpdesks whose /metrics ticket count is not the stand-in's": self.metrics_out_of_step,
         }
         found = [f"{name}: {count}" for name, count in checks.items() if count]
         if not self.settled:
@@ -169,6 +173,8 @@ class ChaosResult:
             f"503 JSON and {w.get('outage_other', 0)} something else ({outages or 'none'}); "
             f"{w.get('5xx', 0)} other 5xx   claims missing from panels: {self.widget_claims_missing}, "
             f"wrong state: {self.widget_state_wrong}",
+            "/metrics (one web process, workers elsewhere): tickets " + ", ".join(
+                f"{k} {v}" for k, v in sorted(self.metrics_tickets.items())) + f"   out of step: {self.metrics_out_of_step}",
             "secrets checked: " + ", ".join(f"{k} {v}" for k, v in self.secrets_checked.items())
             + f"   leaks: {len(self.secret_leaks)}",
         ]

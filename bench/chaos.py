@@ -294,6 +294,30 @@ class _Run:
         if counter.get("worker_died"):
             result.notes.append(f"{counter.get('worker_died')} worker(s) exited on their own and were restarted")
         scan_redis(r, self.scanner)
+        self._judge_metrics()
+
+    def _judge_metrics(self) -> None:
+        """The web process's /metrics must count what the workers (other processes) did: per
+        helpdesk, tickets created plus tickets adopted equals the tickets its stand-in holds."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for _ in range(3):  # a thread's first Redis command after the restart meets its dead connection
+            answer = self.scanner.scan_answer(self.http.get("/metrics", headers=self.admin), "GET /metrics")
+            if answer.status_code != 503:
+                break
+        if answer.status_code != 200:
+            self.result.notes.append(f"FINDING: /metrics answered {answer.status_code}: {answer.text[:200]}")
+            self.result.metrics_out_of_step = 2
+            return
+        held = {"richpanel": self.result.tickets, "zendesk": self.result.zd_tickets}
+        counted = dict.fromkeys(held, 0)
+        for family in text_string_to_metric_families(answer.text):
+            for sample in family.samples:
+                if (sample.name == "opcore_deliveries_total" and sample.labels["kind"] == "create"
+                        and sample.labels["outcome"] in ("done", "adopted") and sample.labels["plugin"] in counted):
+                    counted[sample.labels["plugin"]] += int(sample.value)
+        self.result.metrics_tickets = counted
+        self.result.metrics_out_of_step = sum(counted[h] != held[h] for h in held)
 
     def shut_down(self) -> None:
         self.stop.set()
