@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     #: Largest webhook body accepted, in bytes.
     max_body_bytes: int = 256 * 1024
     #: How long a claim's records (read model, delivery record) live after its last event, in days.
-    retention_days: float = Field(400.0, gt=0)
+    retention_days: float = Field(400.0, ge=1, le=36_500, allow_inf_nan=False)
     #: How long accepted event ids are remembered (the contract says at least 7 days).
     event_ttl_seconds: int = 8 * 24 * 3600
     #: After this long without a heartbeat, a worker counts as dead and the messages it held

@@ -147,6 +147,9 @@ class Dispatcher:
         reason = (options.get("traceback") or "retries exhausted").strip().splitlines()[-1]
         args = message.get("args", [])
         store_id, claim_id = _ids(args)
+        plugin, _, actor = message["actor_name"].partition(".")
+        if plugin in self.host.deliveries and actor in ("create_ticket", "finish_ticket"):  # for /metrics
+            self.host.delivery(plugin).count(f"dead_{actor.removesuffix('_ticket')}")
         self.host.dead_letters.add(
             message["actor_name"], list(args), kwargs=message.get("kwargs") or {},
             reason=f"retries exhausted after {info.get('retries')}: {reason}",

@@ -141,8 +141,10 @@ class Metrics:
             age = 0.0
             if head is not None:
                 raw = redis.hget(f"{broker.namespace}:{name}.msgs", head)
-                if raw:
-                    age = max(0.0, now - json.loads(raw).get("message_timestamp", now * 1000) / 1000)
+                if raw:  # a delayed message waits from its due time (eta), not from when it was sent
+                    message = json.loads(raw)
+                    since = max(message.get("message_timestamp", 0), message.get("options", {}).get("eta", 0))
+                    age = max(0.0, now - (since or now * 1000) / 1000)
             oldest.add_metric([name], age)
         yield messages
         yield oldest

@@ -16,6 +16,7 @@ order them as strings, and views sorted by the parsed datetime, so ``+02:00`` an
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -50,7 +51,7 @@ end
 
 # Apply a state change only when it is not older than the one applied last. Returns 1 when
 # applied, 0 when stale, -1 when the claim is not known yet (the change is parked for it).
-# KEYS: claims, parked state, version, claim index. ARGV: claim id, state, event time, retention.
+# KEYS: claims, parked state, version, claim index. ARGV: claim id, state, event time, now (ms), retention.
 _SET_STATE = _KEEP + """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then
@@ -67,6 +68,7 @@ if (claim['state_at'] or '') > ARGV[3] then return 0 end
 if claim['claim_state'] == ARGV[2] and claim['state_at'] == ARGV[3] then return 1 end
 claim['claim_state'] = ARGV[2]
 claim['state_at'] = ARGV[3]
+claim['touched'] = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(claim))
 redis.call('INCR', KEYS[3])
 keep(KEYS[1], KEYS[3], KEYS[4])
@@ -105,7 +107,11 @@ local function set_claim(claims, index, parked_key, version, claim_id, view_json
   end
   redis.call('SET', index, email)
   redis.call('DEL', parked_key)
-  if raw and same(cjson.decode(raw), view) then return 0 end
+  if raw then  -- the same event again changes nothing, its row's time included
+    local was = cjson.decode(raw)
+    was['touched'] = view['touched']
+    if same(was, view) then return 0 end
+  end
   redis.call('HSET', claims, claim_id, cjson.encode(view))
   redis.call('INCR', version)
   return 1
@@ -167,7 +173,11 @@ local fields = {}
 for i = 1, #profile, 2 do fields[profile[i]] = profile[i + 1] end
 if not fields['email'] or fields['email'] == '' then fields['email'] = ARGV[1] end
 local orders = redis.call('HVALS', KEYS[2])
-local claims = redis.call('HVALS', KEYS[3])
+local claims = {}
+for _, row in ipairs(redis.call('HVALS', KEYS[3])) do  -- a claim's row goes with its own retention
+  local touched = tonumber(string.match(row, '"touched":%s*([%d.e+]+)'))
+  if not touched or touched >= tonumber(ARGV[3]) then claims[#claims + 1] = row end
+end
 return '{"store_id":' .. cjson.encode(ARGV[2]) .. ',"customer":' .. cjson.encode(fields) ..
   ',"orders":[' .. table.concat(orders, ',') .. '],"claims":[' .. table.concat(claims, ',') .. ']}'
 """
@@ -222,6 +232,12 @@ def _utc(value: datetime | None) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+def _touched(view_json: str) -> str:
+    """A claim row with ``touched``, the time (ms) of its last event: the customer's hash lives as
+    long as any of their claims is active, so each row's own retention is judged on read."""
+    return f'{view_json[:-1]},"touched":{int(time.time() * 1000)}}}'
 
 
 def _iso(value: datetime | None) -> str:
@@ -299,7 +315,7 @@ class ReadModel:
             self._record_claim,
             keys=[claims_key, self._k(store, "claim", claim.claim_id), self._k(store, "parked", claim.claim_id),
                   version, self._k(store, email, "profile"), orders_key],
-            args=[claim.claim_id, view.model_dump_json(), _iso(event_time), email, ident, row,
+            args=[claim.claim_id, _touched(view.model_dump_json()), _iso(event_time), email, ident, row,
                   *self._profile_pairs(claim.customer), self.retention_ms],
             then=trim,
         )
@@ -320,7 +336,7 @@ class ReadModel:
             version = self.version_key(change.store_id, email.decode()) if email else self._k("-", "-", "v")
             applied = self._set_state(keys=[claims_key, parked, version, index],
                                       args=[change.claim_id, change.claim_state.value, _iso(event_time),
-                                            self.retention_ms])
+                                            int(time.time() * 1000), self.retention_ms])
             if applied != -1 or email is not None or not self.redis.exists(index):
                 return applied != 0
         return True
@@ -377,7 +393,7 @@ class ReadModel:
         email = email.strip().lower()
         raw = self._read(
             keys=[self._k(store_id, email, part) for part in ("profile", "orders", "claims")],
-            args=[email, store_id],
+            args=[email, store_id, int(time.time() * 1000) - self.retention_ms],
         )
         context = CustomerContext.model_validate_json(raw)
         try:  # times are stored in UTC, so they compare as they are ...

@@ -127,8 +127,10 @@ class Delivery:
                          accepted_at=event.received_at if event else None))
 
     def claim_status_changed(self, change: ClaimStatusChanged) -> None:
-        """A finished claim's ticket is finished: now if it exists, else right after it is created."""
+        """A finished claim's ticket is finished: now if it exists, else right after it is created.
+        Any other state still counts as the claim's last event: its record lives on from now."""
         if change.claim_state.value not in self.helpdesk.finish_states:
+            self.ledger.touch(change.store_id, change.claim_id)
             return
         if self._configured(change.store_id, enabled=False) and self.ledger.want_finish(
                 change.store_id, change.claim_id):
@@ -276,14 +278,20 @@ class Delivery:
             self.request_finish(job.store_id, job.claim_id)
 
     def _may_have_expired(self, claim: ClaimCreated | None) -> bool:
-        """Whether the claim is old enough that its record may have expired (with a day to spare):
-        its create then asks the helpdesk first. A younger claim's record, if it ever had a
-        ticket, is still there: it lives the retention period after its last event."""
-        if claim is None or claim.created_at is None:
+        """Whether the claim's record may have expired, so its create must ask the helpdesk first.
+
+        A claim younger than the retention period (with a day to spare) still has its record if
+        it ever had a ticket: the record lives that long after the claim's last event. A claim
+        that is older, undated, or dated ahead of the clock (by more than a day of skew) cannot
+        be known young, and costs one lookup rather than risk a second ticket.
+        """
+        if claim is None:
             return False
-        created = claim.created_at.timestamp() if claim.created_at.tzinfo else claim.created_at.replace(
-            tzinfo=timezone.utc).timestamp()
-        return time.time() - created > self.ledger.retention_ms / 1000 - 86_400
+        if claim.created_at is None:
+            return True
+        created = claim.created_at if claim.created_at.tzinfo else claim.created_at.replace(tzinfo=timezone.utc)
+        age = time.time() - created.timestamp()
+        return age > self.ledger.retention_ms / 1000 - 86_400 or age < -86_400
 
     def _unusable(self, job: Job, config: Any) -> None:
         """No usable credentials (store disconnected, or rejected): park what is still to do."""

@@ -177,6 +177,11 @@ class Ledger:
     def set(self, store_id: str, claim_id: str, **fields: str) -> None:
         self.redis.hset(self.claim_key(store_id, claim_id), mapping=fields)
 
+    def touch(self, store_id: str, claim_id: str) -> None:
+        """Keep the claim's record (if it has one) for the retention period from now: an event
+        that needs no delivery is still the claim's last event."""
+        self.redis.pexpire(self.claim_key(store_id, claim_id), self.retention_ms)
+
     def look_up_first(self, store_id: str, claim_id: str) -> None:
         """Make the claim's next create ask the helpdesk first, unless the claim has a record.
 

@@ -93,3 +93,30 @@ def test_dead_letters_and_refusals_are_counted_by_plugin(deployment):
     found = scrape(client)
     assert found[("opcore_dead_letters", (("plugin", "richpanel"),))] == 1
     assert found[("opcore_dead_letters", (("plugin", "opcore"),))] == 1
+
+
+def test_a_delayed_message_waits_from_its_due_time_not_from_when_it_was_sent(deployment):
+    # Review of #14: a paced or rate-limited wait read as a backlog of its whole delay.
+    import json
+    import time
+
+    web, *_, client, _ = deployment
+    now_ms = int(time.time() * 1000)
+    message = {"queue_name": "richpanel", "actor_name": "richpanel.create_ticket", "args": [], "kwargs": {},
+               "options": {"eta": now_ms}, "message_id": "m1", "message_timestamp": now_ms - 600_000}
+    namespace = web.broker.namespace
+    web.broker.declare_queue("richpanel")
+    web.redis.hset(f"{namespace}:richpanel.msgs", "m1", json.dumps(message))
+    web.redis.rpush(f"{namespace}:richpanel", "m1")
+    age = scrape(client)[("opcore_queue_oldest_message_age_seconds", (("queue", "richpanel"),))]
+    assert 0 <= age < 60
+
+
+def test_work_out_of_retries_counts_as_a_dead_delivery(deployment):
+    web, *_, client, _ = deployment
+    exhausted = web.broker.get_actor("opcore.exhausted")
+    exhausted.fn({"actor_name": "richpanel.create_ticket", "args": [STORE, {"claim_id": "c1"}], "options": {}},
+                 {"retries": 20})
+    found = scrape(client)
+    assert found[("opcore_deliveries_total", (("kind", "create"), ("outcome", "dead"), ("plugin", "richpanel")))] == 1
+    assert found[("opcore_dead_letters", (("plugin", "richpanel"),))] == 1

@@ -86,3 +86,61 @@ def test_a_young_claim_is_not_looked_up_first(rp):
     post(host, claim_created())  # created a few days ago
     settle(host, worker, lambda: tickets(sandbox))
     assert [r["method"] for r in requests(sandbox)] == ["POST"]
+
+
+@pytest.mark.parametrize("created_at", [None, "2099-01-01T00:00:00Z"])
+def test_an_undated_or_future_dated_late_event_also_looks_its_ticket_up(rp, created_at):
+    # Review of #14: without a date (or dated ahead) the claim could not be known young.
+    host, worker, sandbox = rp
+    event = claim_created(created_at=created_at)
+    claim_id = event["body"]["claim_id"]
+    post(host, event)
+    settle(host, worker, lambda: tickets(sandbox))
+    for key in claim_keys(host, claim_id):
+        host.redis.delete(key)
+    post(host, claim_created(created_at=created_at))
+    settle(host, worker, lambda: host.delivery("richpanel").ticket_id(STORE, claim_id))
+    drain(host, worker)
+    assert len(tickets(sandbox)) == 1 and len(requests(sandbox, "POST", "/v1/tickets")) == 1
+
+
+def test_an_event_that_needs_no_delivery_still_keeps_the_record_alive(rp):
+    # Review of #14: only delivery steps refreshed the record, so it could expire under a live claim.
+    host, worker, sandbox = rp
+    event = claim_created()
+    claim_id = event["body"]["claim_id"]
+    post(host, event)
+    settle(host, worker, lambda: tickets(sandbox))
+    record = host.delivery("richpanel").ledger.claim_key(STORE, claim_id)
+    host.redis.pexpire(record, DAY_MS)  # as if its last event were 29 days ago
+    post(host, state_changed(claim_id, "WAITING_FOR_CUSTOMER"))
+    settle(host, worker, lambda: host.redis.pttl(record) > 29 * DAY_MS)
+    post(host, approved(claim_id))
+    settle(host, worker, lambda: len(requests(sandbox, "PUT")) == 1)
+
+
+@pytest.mark.parametrize("days", ["inf", "nan", "0.5", "1e300"])
+def test_a_retention_that_would_break_expiry_is_refused(days, monkeypatch):
+    from opcore_hooks.config import ConfigError, Settings
+
+    monkeypatch.setenv("OPCORE_RETENTION_DAYS", days)
+    with pytest.raises(ConfigError, match="OPCORE_RETENTION_DAYS"):
+        Settings()
+
+
+def test_a_claim_leaves_its_customers_panel_with_its_own_retention(rp):
+    # Review of #14: the customer's hash lived on with a newer claim, keeping an expired one shown.
+    import json
+
+    host, worker, sandbox = rp
+    rm = host.readmodel
+    post(host, claim_created(claim_id="old1"))
+    settle(host, worker, lambda: tickets(sandbox))
+    claims_key = rm._k(STORE, "ana@example.com", "claims")
+    row = json.loads(host.redis.hget(claims_key, "old1"))
+    row["touched"] = row["touched"] - 31 * DAY_MS  # its last event, 31 days ago
+    host.redis.hset(claims_key, "old1", json.dumps(row))
+    post(host, claim_created(claim_id="new1"))
+    settle(host, worker, lambda: len(tickets(sandbox)) == 2)
+    shown = [c.claim_id for c in rm.customer_context(STORE, "ana@example.com").claims]
+    assert shown == ["new1"]
