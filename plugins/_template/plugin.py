@@ -39,6 +39,7 @@ from opcore_hooks import (
     problem,
     read_object,
 )
+from opcore_hooks.cli import add_refusal, add_store_commands, open_host
 
 from . import stores
 from .helpdesk import TemplateDesk
@@ -182,20 +183,19 @@ def register_routes(host: Host) -> Routes:
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    @cli.commands["stores"].commands["set"].command(NAME)
+    """``opcore stores set <NAME>``; a refusal is one line and exit 2, as for every command."""
+
+    @click.command(NAME)
     @click.argument("store_id")
     @click.option("--api-token", envvar=f"OPCORE_{NAME.upper()}_API_TOKEN", help="read from the environment if unset")
     @click.option("--enable/--disable", default=None)
     def set_store(store_id: str, api_token: str | None, enable: bool | None) -> None:
         """Connect STORE_ID to this helpdesk (the token is checked before it is saved)."""
-        host = Host.from_env()
-        try:
-            saved = configure(host, store_id, stores.SettingsUpdate(api_token=api_token, enabled=enable))
-        except SettingsRefused as exc:
-            raise click.ClickException(exc.message) from None
-        finally:
-            host.close()
+        saved = configure(open_host(), store_id, stores.SettingsUpdate(api_token=api_token, enabled=enable))
         click.echo(f"{NAME}: store {store_id} saved, token {stores.view(saved)['api_token']}")
+
+    add_store_commands(cli, set_store)  # refuses the embedded store, naming OPCORE_REDIS_URL
+    add_refusal(cli, SettingsRefused)
 
 
 @hookimpl
