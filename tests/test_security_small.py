@@ -253,3 +253,24 @@ def test_pacing_keys_cannot_confirm_a_guessed_api_key(make_host, redis_client):
     assert set(other.keys(API_KEY)).isdisjoint(pacer.keys(API_KEY))
     # And pacing still paces: the quota fits in a window, the next request waits for the next one.
     assert slots[:-1] == [pytest.approx(now)] * pacer.quota and slots[-1] >= now + pacer.window
+
+
+# -- Finding 10: the dependency floors stay past the advisories the review named ------------------
+
+def test_dependency_floors_exclude_releases_with_known_advisories():
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    fixed_in = {"starlette": "1.3.1", "jinja2": "3.1.6", "cryptography": "50.0.0", "h11": "0.16"}
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    floors = {}
+    for line in pyproject["project"]["dependencies"]:
+        requirement = Requirement(line)
+        for spec in requirement.specifier:
+            if spec.operator == ">=":
+                floors[requirement.name.lower()] = Version(spec.version)
+    for name, version in fixed_in.items():
+        assert name in floors and floors[name] >= Version(version), (name, floors.get(name))
