@@ -47,6 +47,7 @@ from .host import Host
 from .panel import Panel
 from .readmodel import CustomerContext
 from .routes import Routes
+from .settings_api import StoreSettingsAPI
 from .status import CredentialsCheck
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "RateLimited",
     "Refused",
     "RequestError",
+    "StoreSettingsAPI",
     "Transient",
     "ClaimCreated",
     "ClaimState",

@@ -13,10 +13,6 @@ from typing import Any, Mapping
 import click
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from opcore_hooks import (
     ClaimCreated,
@@ -32,12 +28,10 @@ from opcore_hooks import (
     RateLimited,
     RequestError,
     Routes,
+    StoreSettingsAPI,
     check_settings,
-    error_response,
     hookimpl,
-    id_problem,
     problem,
-    read_object,
 )
 from opcore_hooks.cli import add_refusal, add_store_commands, open_host
 
@@ -146,39 +140,20 @@ def configure(host: Host, store_id: str, update: stores.SettingsUpdate | Mapping
 
 @hookimpl
 def register_routes(host: Host) -> Routes:
-    """The settings API, under ``/internal/integrations/<NAME>`` behind the admin token."""
+    """The settings API, under ``/internal/integrations/<NAME>`` behind the admin token.
 
-    def not_configured(store_id: str) -> Response:
-        return error_response(404, f"{NAME} is not configured for store {store_id!r}: PUT its settings first")
-
-    async def put(request: Request) -> Response:
-        # Every refusal is a RequestError (a body that is no JSON object included), answered in
-        # the ingress's shape: {"error": one line, "details": [{"field", "message", "type"}]}.
-        try:
-            body = await read_object(request, 16 * 1024, EXAMPLE)
-            # The check calls the helpdesk: blocking work goes to a thread, never on the loop.
-            saved = await run_in_threadpool(configure, host, request.path_params["store_id"], body)
-        except RequestError as exc:
-            return exc.response()
-        return JSONResponse(stores.view(saved))
-
-    async def get(request: Request) -> Response:
-        store_id = request.path_params["store_id"]
-        found = await run_in_threadpool(stores.read, host, NAME, store_id)
-        return JSONResponse(stores.view(found)) if found else not_configured(store_id)
-
-    async def delete(request: Request) -> Response:
-        # The host revokes the store's widget before this runs (every plugin's DELETE does).
-        store_id = request.path_params["store_id"]
-        if wrong_id := id_problem("store_id", store_id):
-            return error_response(422, wrong_id, [problem("store_id", wrong_id, "string_pattern_mismatch")])
-        if not await run_in_threadpool(stores.forget, host, NAME, store_id):
-            return not_configured(store_id)
-        return JSONResponse(stores.view(await run_in_threadpool(stores.read, host, NAME, store_id)))
-
-    return Routes(internal=[Route("/stores/{store_id}", put, methods=["PUT"]),
-                            Route("/stores/{store_id}", get, methods=["GET"]),
-                            Route("/stores/{store_id}", delete, methods=["DELETE"])])
+    The host builds the PUT/GET/DELETE routes from the store functions and answers every refusal
+    in the ingress's shape: {"error": one line, "details": [{"field", "message", "type"}]}. It
+    also refuses a malformed store id and, on DELETE, revokes the store's widget first. Routes
+    of your own (the helpdesk's teams, say) go after them, run through ``SETTINGS.call``.
+    """
+    settings = StoreSettingsAPI(
+        title=NAME, example=EXAMPLE, secret_field="api_token", view=stores.view,
+        update=configure,  # checks the token with the helpdesk: the host runs it in a thread
+        load=lambda host, store_id: stores.read(host, NAME, store_id),
+        disconnect=lambda host, store_id: stores.forget(host, NAME, store_id),
+    )
+    return Routes(internal=settings.routes(host))
 
 
 @hookimpl
