@@ -138,7 +138,7 @@ class Dispatcher:
             rm.record_claim(event.body, event.created_at)
         elif event.topic == "order.upserted":
             rm.record_order(event.body, event.created_at)
-        else:
+        elif event.topic != "message.created":  # messages are the note mirror's (#15), not the panel's
             rm.record_state(event.body, event.created_at)
 
     def _exhausted(self, message: dict[str, Any], info: dict[str, Any]) -> None:

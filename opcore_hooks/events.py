@@ -154,7 +154,25 @@ class OrderUpserted(_Open):
     order: Order
 
 
-Topic = Literal["claim.created", "claim.state_changed", "claim.approved", "claim.denied", "order.upserted"]
+class MessageCreated(_Open):
+    """A message of the claim's Order Protection conversation (CONTRACT.md, "Note mirror").
+
+    Accepted and queued whatever the stores' settings; the note mirror (issue #15) is what will
+    act on it. ``message_id`` is unique within its claim when given.
+    """
+
+    store_id: Identifier = _ids("store_id", "storeId")
+    claim_id: Identifier = _ids("claim_id", "claimId")
+    message: Annotated[str, Field(min_length=1, max_length=65_536)]
+    message_id: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None, validation_alias=AliasChoices("message_id", "messageId"))
+    sender_type: Annotated[str, Field(max_length=64)] | None = None
+    author_name: Annotated[str, Field(max_length=256)] | None = None
+    created_at: datetime | None = None
+
+
+Topic = Literal["claim.created", "claim.state_changed", "claim.approved", "claim.denied", "order.upserted",
+                "message.created"]
 
 #: The body model of every topic opcore acts on; other topics are answered "ignored".
 BODY_MODELS: dict[str, type[BaseModel]] = {
@@ -163,6 +181,7 @@ BODY_MODELS: dict[str, type[BaseModel]] = {
     "claim.approved": ClaimStatusChanged,
     "claim.denied": ClaimStatusChanged,
     "order.upserted": OrderUpserted,
+    "message.created": MessageCreated,
 }
 
 #: States implied by topics whose body need not carry one.
@@ -187,7 +206,7 @@ class Event(BaseModel):
     id: str
     topic: Topic
     created_at: datetime | None = None
-    body: ClaimCreated | ClaimStatusChanged | OrderUpserted
+    body: ClaimCreated | ClaimStatusChanged | OrderUpserted | MessageCreated
     #: When the ingress accepted it (unix seconds): where the claim-to-ticket time starts.
     received_at: float | None = None
 

@@ -24,19 +24,24 @@ TEAM = "0b5e6a3c-7d1f-4c2a-9e8b-1f2d3c4b5a69"
 STORE = "store_123"
 
 
-@pytest.fixture
-def rp(make_host, run_worker, sandbox, monkeypatch):
-    """A host running the real Richpanel plugin against the sandbox, store configured."""
+def delivering(make_host, run_worker, sandbox, monkeypatch, **settings):
+    """A host running the real Richpanel plugin against the sandbox, store configured, a worker;
+    ``settings`` override the host's (other test modules build theirs with this)."""
     monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", sandbox.url)
     monkeypatch.setenv("OPCORE_RICHPANEL_TIMEOUT_SECONDS", "2")
     sandbox.state.add_account(KEY, teams=[{"id": TEAM, "name": "Claims"}])
-    host = make_host({"richpanel": plugin})
+    host = make_host({"richpanel": plugin}, **settings)
     stores.update(host, STORE, SettingsUpdate(api_key=KEY, default_team_id=TEAM, default_channel="email"))
     sandbox.state.requests.clear()  # the key check above is not delivery
     for name in ("richpanel.create_ticket", "richpanel.finish_ticket"):
         host.broker.get_actor(name).options.update(min_backoff=50, max_backoff=200)
     worker = run_worker(host, threads=4)
     return host, worker, sandbox
+
+
+@pytest.fixture
+def rp(make_host, run_worker, sandbox, monkeypatch):
+    return delivering(make_host, run_worker, sandbox, monkeypatch)
 
 
 def post(host, *events: dict) -> None:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import pytest
 
 from opcore_hooks.testing import approved, claim_created, drain, state_changed
-from plugins.richpanel import plugin, stores
-from plugins.richpanel.stores import SettingsUpdate
 
-from .test_delivery import KEY, STORE, TEAM, post, requests, settle, tickets
+from .test_delivery import STORE, delivering, post, requests, settle, tickets
 
 DAY_MS = 86_400_000
 
@@ -17,12 +15,7 @@ DAY_MS = 86_400_000
 @pytest.fixture
 def rp(make_host, run_worker, sandbox, monkeypatch):
     """As test_delivery's, with a retention of 30 days."""
-    monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", sandbox.url)
-    sandbox.state.add_account(KEY, teams=[{"id": TEAM, "name": "Claims"}])
-    host = make_host({"richpanel": plugin}, retention_days=30)
-    stores.update(host, STORE, SettingsUpdate(api_key=KEY, default_team_id=TEAM, default_channel="email"))
-    sandbox.state.requests.clear()
-    return host, run_worker(host, threads=2), sandbox
+    return delivering(make_host, run_worker, sandbox, monkeypatch, retention_days=30)
 
 
 def claim_keys(host, claim_id: str) -> dict[str, str]:
