@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("opcore.ingress")
 
-#: The ingress set the error style every door now shares (``opcore_hooks.errors``).
-error = error_response
-
-
 class Ingress:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -63,18 +59,18 @@ class Ingress:
 
     async def _handle(self, request: Request) -> tuple[Response, str | None]:
         if self.secret is None or not secret_matches(request.headers.get("x-webhook-secret"), self.secret):
-            return error(401, "missing or wrong x-webhook-secret header"), None
+            return error_response(401, "missing or wrong x-webhook-secret header"), None
         try:
             data = await read_json(request, self.host.settings.max_body_bytes)
         except BodyError as exc:
-            return error(exc.status, exc.message), None
+            return error_response(exc.status, exc.message), None
         if not isinstance(data, dict):
-            return error(422, "body must be a JSON object (Order Protection's webhook envelope)",
+            return error_response(422, "body must be a JSON object (Order Protection's webhook envelope)",
                          [{"field": "", "message": "expected an object", "type": "object_type"}]), None
         try:
             envelope = Envelope.model_validate(data)
         except ValidationError as exc:
-            return error(422, "the webhook envelope is invalid", field_errors(exc)), None
+            return error_response(422, "the webhook envelope is invalid", field_errors(exc)), None
         topic = normalize_topic(envelope.topic)
         if topic not in BODY_MODELS:
             await self._count(topic, "ignored")
@@ -84,7 +80,7 @@ class Ingress:
         except ValidationError as exc:
             details = field_errors(exc, "body")
             fields = ", ".join(d["field"] for d in details)
-            return error(422, f"the {topic} body is invalid: {fields}", details), topic
+            return error_response(422, f"the {topic} body is invalid: {fields}", details), topic
         event = Event(id=envelope.id, topic=topic, created_at=envelope.created_at, body=body, received_at=time.time())
         # Enqueued as it came, validated: dumping the models again cost more than validating them.
         return await self._accept(event, received_form(data, event)), topic
@@ -95,7 +91,7 @@ class Ingress:
                                                          self.host.settings.event_ttl_seconds, wire=wire)
         except (RedisError, BrokerError, ConnectionError, OSError) as exc:
             log.error("broker unavailable, event %r not accepted: %s", event.id, type(exc).__name__)
-            return error(503, "the queue is unavailable; the event was not accepted, retry later")
+            return error_response(503, "the queue is unavailable; the event was not accepted, retry later")
         if not accepted:
             return _json({"status": "duplicate", "event_id": event.id}, 200)
         return _json({"status": "accepted", "event_id": event.id}, 202)

@@ -77,7 +77,7 @@ class Metrics:
             for (kind, outcome), stat in _DELIVERIES.items():
                 deliveries.add_metric([name, kind, outcome], stats.get(stat, 0))
             limited.add_metric([name], stats.get("rate_limited", 0))
-            buckets, total, count = self._histogram(delivery.ledger.latency_key)
+            buckets, total = self._histogram(delivery.ledger.latency_key)
             latency.add_metric([name], buckets, total)
             health = delivery.store_health()
             parked.add_metric([name], sum(h.parked for h in health))
@@ -99,15 +99,14 @@ class Metrics:
             family.add_metric([topic, outcome], int(value))
         return family
 
-    def _histogram(self, key: str) -> tuple[list[tuple[str, float]], float, int]:
+    def _histogram(self, key: str) -> tuple[list[tuple[str, float]], float]:
         raw = {k.decode(): v for k, v in self.host.redis.hgetall(key).items()}
         cumulative, buckets = 0, []
         for index, bound in enumerate(LATENCY_BUCKETS):
             cumulative += int(raw.get(str(index), 0))
             buckets.append((repr(bound), cumulative))
-        count = int(raw.get("count", 0))
-        buckets.append(("+Inf", count))
-        return buckets, float(raw.get("sum", 0.0)), count
+        buckets.append(("+Inf", int(raw.get("count", 0))))
+        return buckets, float(raw.get("sum", 0.0))
 
     def _dead_letters(self) -> Metric:
         family = GaugeMetricFamily("opcore_dead_letters", "Work that failed for good and waits for an operator "

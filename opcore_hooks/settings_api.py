@@ -64,15 +64,15 @@ class StoreSettingsAPI:
             log.error("%s settings API: %s", self.title, exc)
             return error_response(503, str(exc))
 
-    def not_found(self, store_id: str) -> JSONResponse:
-        return error_response(404, f"{self.title} is not configured for store {store_id!r}: PUT its settings first")
+    def not_found(self, store_id: str) -> RequestError:
+        return RequestError(f"{self.title} is not configured for store {store_id!r}: PUT its settings first",
+                            status=404)
 
     def configured(self, host: Host, store_id: str) -> Any:
         """The stored settings, or a 404 ``RequestError`` (for routes that need a configured store)."""
         found = self.load(host, store_id)
         if found is None:
-            raise RequestError(f"{self.title} is not configured for store {store_id!r}: PUT its settings first",
-                               status=404)
+            raise self.not_found(store_id)
         return found
 
     def routes(self, host: Host, *extra: Route) -> list[Route]:
@@ -96,7 +96,7 @@ class StoreSettingsAPI:
             if isinstance(result, Response):
                 return result
             if not result:
-                return self.not_found(store_id)
+                return self.not_found(store_id).response()
             return await get_store(request)  # the settings as they are now: disabled, secret forgotten
 
         return [

@@ -70,10 +70,8 @@ class WidgetPanel:
 
     def iframe_url(self, store_id: str, base_url: str, now: float | None = None) -> str:
         """The store's current iframe URL template (``{email}`` still in it); LookupError if none."""
-        found = self.secrets.active(store_id, time.time() if now is None else now)
-        if not found:
-            raise LookupError(f"store {store_id!r} has no widget; provision it first")
-        return routes.iframe_url(self.plugin, store_id, found[0], base_url)
+        secret = routes.current_secret(self.secrets, store_id, time.time() if now is None else now)
+        return routes.iframe_url(self.plugin, store_id, secret, base_url)
 
     def revoking_on_store_delete(self, app: ASGIApp) -> ASGIApp:
         """ASGI middleware for the plugin's internal mount: ``DELETE /stores/{store_id}`` also
