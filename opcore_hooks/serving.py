@@ -5,14 +5,16 @@ helpdesk sandboxes do to test lost answers."""
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 import click
 import httpx
 import uvicorn
+from pydantic import BaseModel
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp
 
@@ -97,6 +99,28 @@ class ThreadedServer:
 
 
 # -- losing an answer on purpose (the helpdesk sandboxes) -------------------------------------------
+
+#: A stand-in's fault configuration: a pydantic model with a ``seed`` field.
+C = TypeVar("C", bound=BaseModel)
+
+
+class StandInState(Generic[C]):
+    """What every helpdesk stand-in keeps besides its accounts: a config validated as a whole,
+    one lock for the threads its app runs in, and the RNG its faults draw from."""
+
+    def __init__(self, config: C) -> None:
+        self.lock = threading.RLock()
+        self.config = config
+        self.rng = random.Random(getattr(config, "seed"))
+
+    def update_config(self, **changes: Any) -> C:
+        """Partial update, validated as a whole; a new seed restarts the RNG."""
+        with self.lock:
+            self.config = type(self.config).model_validate({**self.config.model_dump(), **changes})
+            if "seed" in changes:
+                self.rng = random.Random(getattr(self.config, "seed"))
+            return self.config
+
 
 class DroppedConnection(httpx.RemoteProtocolError):
     """Raised after a request was processed to lose its answer.

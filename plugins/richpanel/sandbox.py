@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import re
-import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -31,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opcore_hooks.serving import DroppedResponse, ForegroundServer, ThreadedServer, hide_drops
+from opcore_hooks.serving import DroppedResponse, ForegroundServer, StandInState, ThreadedServer, hide_drops
 
 from .client import KEY_HEADER, mask_key
 
@@ -162,13 +160,11 @@ class Account:
         return {"tag": tag}
 
 
-class SandboxState:
+class SandboxState(StandInState[SandboxConfig]):
     """Everything the sandbox knows; every access goes through `lock` (apps run in many threads)."""
 
-    def __init__(self, config: SandboxConfig | None = None):
-        self.lock = threading.RLock()
-        self.config = config or SandboxConfig()
-        self.rng = random.Random(self.config.seed)
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        super().__init__(config or SandboxConfig())
         self.accounts: dict[str, Account] = {}
         self.requests: list[dict[str, Any]] = []
         self.rate_limited: Counter[str] = Counter()  # api key -> rate-limited answers
@@ -207,14 +203,6 @@ class SandboxState:
                                   "rate_limited": self.rate_limited[a.api_key],
                                   "tickets": list(a.tickets.values())}
                                  for a in self.accounts.values()]}
-
-    def update_config(self, **changes: Any) -> SandboxConfig:
-        """Partial update, validated as a whole; a new seed restarts the RNG."""
-        with self.lock:
-            self.config = SandboxConfig.model_validate({**self.config.model_dump(), **changes})
-            if "seed" in changes:
-                self.rng = random.Random(self.config.seed)
-            return self.config
 
     def reset(self) -> None:
         """Forgets accounts, tickets, requests and counters; keeps the fault config."""

@@ -19,8 +19,6 @@ import base64
 import hashlib
 import json
 import math
-import random
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opcore_hooks.serving import DroppedResponse, ForegroundServer, ThreadedServer, hide_drops
+from opcore_hooks.serving import DroppedResponse, ForegroundServer, StandInState, ThreadedServer, hide_drops
 
 WINDOW = 60.0
 IDEMPOTENCY_SECONDS = 2 * 3600
@@ -64,13 +62,11 @@ class Account:
     next_id: int = 1
 
 
-class SandboxState:
+class SandboxState(StandInState[SandboxConfig]):
     """Everything the sandbox knows; every access holds ``lock`` (the app runs in many threads)."""
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
-        self.lock = threading.RLock()
-        self.config = config or SandboxConfig()
-        self.rng = random.Random(self.config.seed)
+        super().__init__(config or SandboxConfig())
         self.accounts: dict[str, Account] = {}
         self.requests: list[dict[str, Any]] = []
 
@@ -88,13 +84,6 @@ class SandboxState:
             self.accounts.clear()
             self.requests.clear()
             self.config = SandboxConfig()
-
-    def update_config(self, **changes: Any) -> SandboxConfig:
-        with self.lock:
-            self.config = SandboxConfig.model_validate({**self.config.model_dump(), **changes})
-            if "seed" in changes:
-                self.rng = random.Random(self.config.seed)
-            return self.config
 
     def tickets(self, subdomain: str) -> list[dict[str, Any]]:
         with self.lock:
