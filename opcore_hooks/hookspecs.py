@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from .delivery import Helpdesk
     from .demo import DemoHelpdesk
-    from .events import ClaimCreated, ClaimStatusChanged, Event
+    from .events import ClaimCreated, ClaimStatusChanged, Event, MessageCreated
     from .host import Host
     from .panel import Panel
     from .readmodel import CustomerContext
@@ -122,6 +122,17 @@ def on_claim_status_changed(host: Host, event: Event, change: ClaimStatusChanged
     handling the claim's creation (auto-approval): ``host.delivery(<plugin>)
     .claim_status_changed(change)`` finishes the ticket only once it exists. Same isolation
     and at-least-once rules as ``on_claim_created``.
+    """
+
+
+@hookspec
+def on_claim_message(host: Host, event: Event, message: MessageCreated) -> None:
+    """A message of a claim's Order Protection conversation (``message.created``).
+
+    A helpdesk plugin hands it to its delivery (``host.delivery(<plugin>).message_created(message,
+    event)``), which writes it as a private note on the claim's ticket for stores that turned
+    the note mirror on, and ignores it for every other store. Same isolation and at-least-once
+    rules as ``on_claim_created``: the delivery writes each message once.
     """
 
 

@@ -1,8 +1,9 @@
 """What an agent reads about a claim in any helpdesk: its subject line and its summary.
 
 Helpdesk plugins put these in the ticket a claim opens (Richpanel's first comment, Zendesk's
-private first comment), so agents see the same facts whichever helpdesk a brand runs. The
-summary is HTML with every customer- or store-supplied value escaped, since helpdesks render it.
+private first comment), so agents see the same facts whichever helpdesk a brand runs, and the
+note mirror's notes (one per message of the claim's Order Protection conversation). The HTML
+forms escape every customer- or store-supplied value, since helpdesks render them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from html import escape
 
+from .delivery.helpdesk import Note
 from .events import ClaimCreated
 
 
@@ -95,3 +97,33 @@ def summary_text(claim: ClaimCreated, claim_url: str, agent_note: str) -> str:
             lines += [f"{heading}:", *(f"- {row}" for row in rows)]
     lines += [f"Claim in Order Protection: {claim_url}", agent_note]
     return "\n".join(lines)
+
+
+def _note_parts(note: Note) -> tuple[str, str]:
+    """Who wrote the message (its author and kind of sender, as sent) and when, as plain text."""
+    kind = humanize(note.sender_type) if note.sender_type else None
+    who = " ".join(part for part in (note.author_name, f"({kind})" if note.author_name and kind else kind) if part)
+    when = f" on {note.created_at.isoformat(timespec='seconds')}" if note.created_at else ""
+    return who or "Unknown sender", when
+
+
+def note_html(note: Note) -> str:
+    """A claim message as an HTML note: sender, the message as text (its HTML escaped, line
+    breaks kept), the claim's link, and the note's reference for ``find_note``."""
+    e, (who, when) = escape, _note_parts(note)
+    text = "<br>".join(e(line) for line in note.message.splitlines()) or e(note.message)
+    return "\n".join((
+        f"<p><strong>Order Protection message from {e(who)}</strong>{e(when)}</p>",
+        f"<p>{text}</p>",
+        f'<p>Claim in Order Protection: <a href="{e(note.claim_url)}">{e(note.claim_url)}</a></p>',
+        f"<p><small>Private note mirrored by Order Protection; the customer does not see it. Ref {note.ref}</small></p>",
+    ))
+
+
+def note_text(note: Note) -> str:
+    """The same note as plain text, for a helpdesk that shows a comment's body as written
+    (so nothing in it is ever read as markup)."""
+    who, when = _note_parts(note)
+    return "\n".join((f"Order Protection message from {who}{when}:", "", note.message, "",
+                      f"Claim in Order Protection: {note.claim_url}",
+                      f"Private note mirrored by Order Protection; the customer does not see it. Ref {note.ref}"))

@@ -8,7 +8,8 @@ letters with reasons, the per-claim record and its counters. The subclass suppli
 methods in the manner of Singer's ``RESTStream`` or Airbyte's ``HttpStream``:
 
 - reading a store's settings (``settings_key``, ``load_store``, ``usable``, ``pacing_scope``);
-- the requests (``create_ticket``, ``find_ticket``, ``finish_ticket``);
+- the requests (``create_ticket``, ``find_ticket``, ``finish_ticket``; for the note mirror,
+  ``add_note`` and ``find_note``);
 - what its errors mean (``classify``): rate limited for N seconds, transient, credentials
   rejected, or refused for good;
 - its pacing (``pacing``): how many requests per window, per what scope.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Callable, ClassVar, Generic, Iterable, TypeVar
 
@@ -151,6 +152,26 @@ class Call(Generic[S]):
     observe: Callable[[int | None, int | None], None] = field(repr=False)
 
 
+@dataclass(frozen=True)
+class Note:
+    """One message of a claim's Order Protection conversation, to be written as a private note.
+
+    ``ref`` is stable for the message (the same on every retry and worker) and safe in any text
+    (``opcore-note-`` and hex): the rendered note carries it, so ``find_note`` can tell whether
+    a note whose answer was lost reached the ticket. Every other text field is the sender's,
+    untrusted: ``summary.note_html`` and ``summary.note_text`` render it escaped.
+    """
+
+    store_id: str
+    claim_id: str
+    ref: str
+    message: str = field(repr=False)
+    claim_url: str
+    sender_type: str | None = None
+    author_name: str | None = field(default=None, repr=False)
+    created_at: datetime | None = None
+
+
 # -- the adapter ---------------------------------------------------------------------------------
 
 class Helpdesk(Generic[S]):
@@ -232,6 +253,28 @@ class Helpdesk(Generic[S]):
     def finish_ticket(self, call: Call[S], ticket_id: str) -> None:
         """Mark the ticket of a finished claim (snooze, pending). Must be safe to repeat."""
         raise NotImplementedError
+
+    # -- the note mirror (optional) --------------------------------------------------------------
+    @property
+    def writes_notes(self) -> bool:
+        """Whether this helpdesk can mirror messages as private notes (it overrides ``add_note``)."""
+        return type(self).add_note is not Helpdesk.add_note
+
+    def mirrors_messages(self, store: S) -> bool:
+        """Whether the store turned the note mirror on (its ``mirror_messages`` setting)."""
+        return bool(getattr(store, "mirror_messages", False))
+
+    def add_note(self, call: Call[S], ticket_id: str, note: Note) -> None:
+        """Write ``note`` on the ticket as a *private* note: never public, never a reply, so the
+        customer is sent nothing. Render it with ``summary.note_html``/``note_text`` (they carry
+        ``note.ref``). Called once per message unless an answer was lost; then ``find_note`` first."""
+        raise NotImplementedError
+
+    def find_note(self, call: Call[S], ticket_id: str, note: Note) -> bool:
+        """Whether a note carrying ``note.ref`` is already on the ticket; asked only when an
+        earlier ``add_note`` may have acted unrecorded. The default, False, writes it again: a
+        helpdesk that cannot read its notes back risks a duplicate note rather than a lost one."""
+        return False
 
     def classify(self, exc: Exception) -> HelpdeskError | None:
         """What a request's exception means; None re-raises it (a bug: Dramatiq retries the message).
