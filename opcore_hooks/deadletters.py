@@ -43,8 +43,10 @@ class DeadLetters:
         kwargs: dict[str, Any] | None = None,
         store_id: str | None = None,
         claim_id: str | None = None,
+        part: str | None = None,
     ) -> DeadLetter:
-        ident = keys.join(actor, store_id or "-", claim_id or str(time.time_ns()))
+        """Keep the work; ``part`` tells apart entries of one actor and claim (a claim's notes)."""
+        ident = keys.join(actor, store_id or "-", claim_id or str(time.time_ns()), *((part,) if part else ()))
         entry = DeadLetter(
             id=ident, actor=actor, args=list(args), kwargs=kwargs or {},
             store_id=store_id, claim_id=claim_id, reason=reason, at=time.time(),

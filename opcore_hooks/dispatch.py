@@ -45,6 +45,7 @@ HOOK_FOR_TOPIC = {
     "claim.state_changed": "on_claim_status_changed",
     "claim.approved": "on_claim_status_changed",
     "claim.denied": "on_claim_status_changed",
+    "message.created": "on_claim_message",
 }
 
 
@@ -129,7 +130,8 @@ class Dispatcher:
         self._call(plugin, hook, event)
 
     def _call(self, plugin: str, hook: str, event: Event) -> None:
-        payload = {"claim": event.body} if hook == "on_claim_created" else {"change": event.body}
+        name = {"on_claim_created": "claim", "on_claim_message": "message"}.get(hook, "change")
+        payload = {name: event.body}
         self.host.call_plugin(plugin, hook, host=self.host, event=event, **payload)
 
     def _feed_read_model(self, event: Event) -> None:

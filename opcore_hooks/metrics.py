@@ -31,7 +31,8 @@ TOPICS = frozenset(BODY_MODELS)
 
 #: (kind, outcome) of each delivery counter the engine keeps (``Delivery.stats``).
 _DELIVERIES = {("create", "done"): "tickets", ("create", "adopted"): "adopted", ("create", "dead"): "dead_create",
-               ("finish", "done"): "finishes", ("finish", "dead"): "dead_finish"}
+               ("finish", "done"): "finishes", ("finish", "dead"): "dead_finish",
+               ("note", "done"): "notes", ("note", "adopted"): "notes_adopted", ("note", "dead"): "dead_note"}
 
 
 def topic_label(topic: str | None) -> str:

@@ -100,6 +100,18 @@ def claim_created(**body: Any) -> dict[str, Any]:
     return event
 
 
+def message_created(claim_id: str, message: str = "Where is my parcel?", *, store_id: str = "store_123",
+                    message_id: str | None = None, created_at: str | None = None, **body: Any) -> dict[str, Any]:
+    """A message.created envelope with a fresh event id (the note mirror's input)."""
+    fields: dict[str, Any] = {"store_id": store_id, "claim_id": claim_id, "message": message,
+                              "sender_type": "customer", "author_name": "Ana Lima", **body}
+    if message_id is not None:
+        fields["message_id"] = message_id
+    if created_at is not None:
+        fields["created_at"] = created_at
+    return {"id": str(uuid.uuid4()), "topic": "message.created", "created_at": "2026-11-27T10:01:00Z", "body": fields}
+
+
 def state_changed(claim_id: str, state: str, store_id: str = "store_123", **extra: Any) -> dict[str, Any]:
     return {
         "id": str(uuid.uuid4()),

@@ -77,16 +77,42 @@ class _Worker(Worker):
         consumer.start()
 
 
+#: Seconds between two runs of the deliveries' periodic work (``Delivery.tick``).
+TICK_SECONDS = 30.0
+
+
+class Ticker(threading.Thread):
+    """Runs each delivery's periodic work (note deadlines) in a worker, every TICK_SECONDS.
+
+    Every worker process runs one; the work is leased in Redis, so several tickers share it.
+    """
+
+    def __init__(self, host: Host, interval: float = TICK_SECONDS) -> None:
+        super().__init__(name="opcore-ticker", daemon=True)
+        self.host, self.interval, self.stopping = host, interval, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            for name, delivery in self.host.deliveries.items():
+                try:
+                    delivery.tick()
+                except Exception:  # a Redis outage, a bug: logged, and tried again next time
+                    log.exception("periodic work of %r failed; trying again in %g s", name, self.interval)
+
+
 class EmbeddedWorker:
-    """Dramatiq worker threads in this process, on the host's own broker."""
+    """Dramatiq worker threads in this process, on the host's own broker, and its ticker."""
 
     def __init__(self, host: Host, *, threads: int = 4) -> None:
         self.worker = _Worker(host.broker, worker_threads=threads, worker_timeout=POLL_MS)
+        self.ticker = Ticker(host)
 
     def start(self) -> None:
         self.worker.start()
+        self.ticker.start()
 
     def stop(self, timeout_ms: int = 10_000) -> None:
+        self.ticker.stopping.set()
         self.worker.stop(timeout=timeout_ms)
 
     def join(self) -> None:

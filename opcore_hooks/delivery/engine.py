@@ -34,9 +34,10 @@ from dataclasses import dataclass, replace
 from datetime import timezone
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
-from ..events import ClaimCreated, ClaimStatusChanged, Event
+from ..events import ClaimCreated, ClaimStatusChanged, Event, MessageCreated
 from .helpdesk import Call, CredentialsRejected, Helpdesk, HelpdeskError, RateLimited, Refused
 from .ledger import EPSILON, Kind, Ledger, Snapshot, Turn, snapshot
+from .notes import NoteMirror
 from .pacing import Pacer
 from .parking import Parking
 
@@ -117,6 +118,8 @@ class Delivery:
         self.create_actor = host.actor(self.create_ticket, plugin=plugin, **options)
         self.finish_actor = host.actor(self.finish_ticket, plugin=plugin, **options)
         self._actors = {"create": self.create_actor, "finish": self.finish_actor}
+        #: The note mirror (``notes.py``), for a helpdesk that writes notes.
+        self.notes = NoteMirror(self) if helpdesk.writes_notes else None
 
     # -- what the plugin's hooks call ------------------------------------------------------
     def claim_created(self, claim: ClaimCreated, event: Event | None = None) -> None:
@@ -135,6 +138,16 @@ class Delivery:
         if self._configured(change.store_id, enabled=False) and self.ledger.want_finish(
                 change.store_id, change.claim_id):
             self.request_finish(change.store_id, change.claim_id)
+
+    def message_created(self, message: MessageCreated, event: Event) -> None:
+        """Mirror a claim's message as a private note, for stores that turned the mirror on."""
+        if self.notes is not None:
+            self.notes.message_created(message, event)
+
+    def tick(self) -> None:
+        """Periodic work a worker's ticker runs: the note mirror's deadlines."""
+        if self.notes is not None:
+            self.notes.sweep()
 
     def release_parked(self, store_id: str) -> int:
         """Send the store's parked work again (its credentials were fixed); returns how many."""
@@ -181,10 +194,10 @@ class Delivery:
         self.redis.hincrby(self.ledger.stats_key, stat, by)
 
     def stats(self) -> dict[str, int]:
-        """Counters since the deployment began: tickets, finishes, adopted, rate_limited,
-        dead_create, dead_finish (and dead_letters, their sum), ..."""
+        """Counters since the deployment began: tickets, finishes, adopted, notes, rate_limited,
+        dead_create, dead_finish, dead_note (and dead_letters, their sum), ..."""
         found = {k.decode(): int(v) for k, v in self.redis.hgetall(self.ledger.stats_key).items()}
-        dead = found.get("dead_create", 0) + found.get("dead_finish", 0)
+        dead = found.get("dead_create", 0) + found.get("dead_finish", 0) + found.get("dead_note", 0)
         return {**found, "dead_letters": dead} if dead else found
 
     def store(self, store_id: str, *, fresh: bool = False) -> tuple[Snapshot, Any]:
@@ -257,9 +270,11 @@ class Delivery:
             self._remember(job.store_id, turn.fields)  # an unusable store is handled above, afresh
         else:
             raise RuntimeError(f"the {self.plugin} settings of store {job.store_id!r} kept changing; retrying later")
-        if turn.outcome == "ticket":  # created already: only a wanted finish is left
+        if turn.outcome == "ticket":  # created already: only a wanted finish (and waiting notes) are left
             if turn.finish == "wanted":
                 self.request_finish(job.store_id, job.claim_id)
+            if turn.notes_waiting and self.notes is not None:
+                self.notes.wake(job.store_id, job.claim_id)
             return
         if turn.outcome == "skip":
             return
@@ -276,6 +291,8 @@ class Delivery:
                 self.ledger.finish(job.store_id, job.claim_id, turn)
         if finish == "wanted":
             self.request_finish(job.store_id, job.claim_id)
+        if turn.notes_waiting and self.notes is not None:  # messages came before their ticket
+            self.notes.wake(job.store_id, job.claim_id)
 
     def _may_have_expired(self, claim: ClaimCreated | None) -> bool:
         """Whether the claim's record may have expired, so its create must ask the helpdesk first.

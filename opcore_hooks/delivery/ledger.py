@@ -34,30 +34,37 @@ Kind = Literal["create", "finish"]
 #: A slot this close is taken now rather than rescheduled: the delay queue's own latency is larger.
 EPSILON = 0.05
 
-# KEYS: store hash, claim hash, claim lock, slots, blocked, limit, sent.
+# KEYS: store hash, claim hash, claim lock, slots, blocked, limit, sent, the claim's note queue.
 # ARGV: store snapshot, kind, now, window, quota, member, reserve margin, admit margin, lock token,
 #       lock ms, slot ('' when none was reserved yet), epsilon, follow ('1': an advertised limit may raise
 #       the quota), then the snapshot's field names.
 # The snapshot is the fields' values in the order Python names them (no sorting in Lua, whose
 # string order follows Redis's locale). A rerun of the same call (redis-py retries one whose
 # answer was lost) finds its own lock token and goes on, instead of waiting out its own lock.
-_BEGIN = PACING_LUA + """
-local names = {}
-for i = 14, #ARGV do names[#names + 1] = ARGV[i] end
-local stale = redis.call('HLEN', KEYS[1]) ~= #names
-if not stale and #names > 0 then
-  local values = redis.call('HMGET', KEYS[1], unpack(names))
+#: stale(): whether the store's settings hash differs from the snapshot this process decrypted
+#: (``joined``, with the field names in ARGV from ``first`` on). Every script that takes a turn
+#: runs it first.
+SNAPSHOT_LUA = """
+local function stale(store_key, joined, first)
+  local names = {}
+  for i = first, #ARGV do names[#names + 1] = ARGV[i] end
+  if redis.call('HLEN', store_key) ~= #names then return true end
+  if #names == 0 then return false end
+  local values = redis.call('HMGET', store_key, unpack(names))
   local parts = {}
   for i, name in ipairs(names) do
-    if not values[i] then stale = true; break end
+    if not values[i] then return true end
     parts[#parts + 1] = name; parts[#parts + 1] = values[i]
   end
-  stale = stale or table.concat(parts, '\\0') ~= ARGV[1]
+  return table.concat(parts, '\\0') ~= joined
 end
-if stale then return {'stale', redis.call('HGETALL', KEYS[1])} end
+"""
+
+_BEGIN = PACING_LUA + SNAPSHOT_LUA + """
+if stale(KEYS[1], ARGV[1], 14) then return {'stale', redis.call('HGETALL', KEYS[1])} end
 local claim = redis.call('HMGET', KEYS[2], 'ticket_id', 'pending', 'finish')
 local ticket, pending, finish = claim[1] or '', claim[2] or '', claim[3] or ''
-if ARGV[2] == 'create' and ticket ~= '' then return {'ticket', ticket, finish} end
+if ARGV[2] == 'create' and ticket ~= '' then return {'ticket', ticket, finish, redis.call('ZCARD', KEYS[8])} end
 if ARGV[2] == 'finish' and (ticket == '' or finish == 'done') then return {'skip', ticket, finish} end
 local holder = redis.call('GET', KEYS[3])
 if holder == ARGV[9] then return {'go', ticket, finish, pending} end
@@ -74,10 +81,11 @@ if ARGV[2] == 'create' and pending ~= '1' then redis.call('HSET', KEYS[2], 'pend
 return {'go', ticket, finish, pending}
 """
 
-# KEYS: claim hash, stats hash, sent zset, claim lock, latency histogram hash.
+# KEYS: claim hash, stats hash, sent zset, claim lock, latency histogram hash, the claim's note queue.
 # ARGV: stat ('' for none), sent member ('' for none), answer time, lock token, retention ms,
 #       histogram bucket ('' for no observation), the observed seconds, then field/value pairs.
-# The record lives ``retention`` after its last write: each event's work writes it again.
+# The record lives ``retention`` after its last write: each event's work writes it again. Returns
+# the claim's finish field and how many notes wait for the ticket (the note mirror's).
 _FINISH = """
 if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
@@ -89,7 +97,7 @@ if ARGV[6] ~= '' then
 end
 if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[2]) end
 if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
-return redis.call('HGET', KEYS[1], 'finish')
+return {redis.call('HGET', KEYS[1], 'finish'), redis.call('ZCARD', KEYS[6])}
 """
 
 # KEYS: claim hash. ARGV: retention ms. "done" stays done; returns the ticket id when a finish
@@ -141,6 +149,7 @@ class Turn:
     member: str = ""
     token: str = ""
     finished: bool = False
+    notes_waiting: bool = False
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -167,6 +176,10 @@ class Ledger:
 
     def claim_key(self, store_id: str, claim_id: str) -> str:
         return self.host.key(self.plugin, "claim", store_id, claim_id)
+
+    def note_queue_key(self, store_id: str, claim_id: str) -> str:
+        """The claim's messages waiting to become notes (``notes.py``), by ``created_at``."""
+        return self.host.key(self.plugin, "noteq", store_id, claim_id)
 
     def _lock_key(self, store_id: str, claim_id: str) -> str:
         return self.host.key(self.plugin, "lock", store_id, claim_id)
@@ -200,7 +213,7 @@ class Ledger:
         pacer, member, token = self.pacer, uuid.uuid4().hex, secrets.token_hex(8)
         reply = self._begin(
             keys=[self.store_key(store_id), self.claim_key(store_id, claim_id), self._lock_key(store_id, claim_id),
-                  *pacer.keys(scope)],
+                  *pacer.keys(scope), self.note_queue_key(store_id, claim_id)],
             args=[store_snapshot.joined, kind, repr(now), repr(pacer.window), pacer.quota, member,
                   repr(pacer.margin), repr(pacer.ADMIT_MARGIN), token, self.lock_ms, "" if slot is None else repr(slot),
                   EPSILON, pacer.follow, *store_snapshot.names],
@@ -216,6 +229,8 @@ class Ledger:
         turn = Turn(outcome, ticket_id=_text(reply[1]), finish=_text(reply[2]))  # type: ignore[arg-type]
         if outcome == "go":
             turn.pending, turn.scope, turn.member, turn.token = reply[3] == b"1", scope, member, token
+        elif outcome == "ticket":
+            turn.notes_waiting = bool(reply[3])
         return turn
 
     def finish(self, store_id: str, claim_id: str, turn: Turn, fields: Mapping[str, str] | None = None,
@@ -224,7 +239,8 @@ class Ledger:
         histogram); stamp the answer for pacing, release the lock, and keep the record for the
         retention period from now.
 
-        Returns the claim's ``finish`` field as it stands after the write.
+        Returns the claim's ``finish`` field as it stands after the write; ``notes_waiting``
+        says whether messages wait for the claim's ticket.
         """
         observed = max(0.0, latency) if latency is not None else None
         args = [stat or "", turn.member, repr(time.time()), turn.token, self.retention_ms,
@@ -233,9 +249,10 @@ class Ledger:
             args += [name, value]
         keys = [self.claim_key(store_id, claim_id), self.stats_key,
                 self.pacer.keys(turn.scope)[3] if turn.scope else self.host.key(self.plugin, "-"),
-                self._lock_key(store_id, claim_id), self.latency_key]
-        finish = self._finish(keys=keys, args=args)
+                self._lock_key(store_id, claim_id), self.latency_key, self.note_queue_key(store_id, claim_id)]
+        finish, waiting = self._finish(keys=keys, args=args)
         turn.finished = True
+        turn.notes_waiting = bool(waiting)
         return _text(finish)
 
     def want_finish(self, store_id: str, claim_id: str) -> str | None:

@@ -20,6 +20,7 @@ from opcore_hooks import (
     CredentialsCheck,
     Event,
     Host,
+    MessageCreated,
     Panel,
     Routes,
     hookimpl,
@@ -72,6 +73,11 @@ def on_claim_created(host: Host, event: Event, claim: ClaimCreated) -> None:
 @hookimpl
 def on_claim_status_changed(host: Host, event: Event, change: ClaimStatusChanged) -> None:
     host.delivery(NAME).claim_status_changed(change)
+
+
+@hookimpl
+def on_claim_message(host: Host, event: Event, message: MessageCreated) -> None:
+    host.delivery(NAME).message_created(message, event)
 
 
 @hookimpl
