@@ -92,6 +92,13 @@ def add_refusal(root: click.Group, kind: type[Exception]) -> None:
     root.refusals.add(kind)
 
 
+#: ``--mirror-messages/--no-mirror-messages`` for a plugin's ``stores set``: the ``mirror_messages``
+#: setting (CONTRACT.md, "Note mirror"); None when omitted, which keeps the stored choice.
+mirror_messages_option = click.option(
+    "--mirror-messages/--no-mirror-messages", "mirror_messages", default=None,
+    help="Mirror the claim's messages as private notes on its ticket (never public). Omit to keep the stored choice.")
+
+
 def needs_redis(callback: Callable[..., Any]) -> Callable[..., Any]:
     """For a command on the deployment's state: refuse to run on the embedded store, which in a
     fresh process is empty, so `stores show` would call a configured store unknown and `keys

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import StrictBool
 
-from pydantic import AfterValidator, StrictBool
-
-
-def _no_mirror_yet(value: bool | None) -> bool | None:
-    if value:
-        raise ValueError("the note mirror is not available yet: send false or leave mirror_messages out")
-    return value
-
-
-#: The contract's ``mirror_messages`` (issue #15's note mirror is not built yet): ``false`` is
-#: accepted, ``true`` refused with a message that says so.
-MirrorMessages = Annotated[StrictBool | None, AfterValidator(_no_mirror_yet)]
+#: The contract's ``mirror_messages``: whether a store's claim messages become private notes on
+#: the claim's ticket (the note mirror, CONTRACT.md). ``true`` or ``false`` only (``"yes"`` or
+#: ``1`` are refused, naming the field); ``null`` or leaving it out keeps the stored value.
+#: Storage and views keep it as a plain ``bool``, ``False`` until a store turns it on.
+MirrorMessages = StrictBool | None

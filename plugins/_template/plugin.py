@@ -33,7 +33,7 @@ from opcore_hooks import (
     hookimpl,
     problem,
 )
-from opcore_hooks.cli import add_refusal, add_store_commands, open_host
+from opcore_hooks.cli import add_refusal, add_store_commands, mirror_messages_option, open_host
 
 from . import stores
 from .helpdesk import TemplateDesk
@@ -164,9 +164,11 @@ def register_commands(cli: click.Group) -> None:
     @click.argument("store_id")
     @click.option("--api-token", envvar=f"OPCORE_{NAME.upper()}_API_TOKEN", help="read from the environment if unset")
     @click.option("--enable/--disable", default=None)
-    def set_store(store_id: str, api_token: str | None, enable: bool | None) -> None:
+    @mirror_messages_option
+    def set_store(store_id: str, api_token: str | None, enable: bool | None, mirror_messages: bool | None) -> None:
         """Connect STORE_ID to this helpdesk (the token is checked before it is saved)."""
-        saved = configure(open_host(), store_id, stores.SettingsUpdate(api_token=api_token, enabled=enable))
+        saved = configure(open_host(), store_id, stores.SettingsUpdate(api_token=api_token, enabled=enable,
+                                                                       mirror_messages=mirror_messages))
         click.echo(f"{NAME}: store {store_id} saved, token {stores.view(saved)['api_token']}")
 
     add_store_commands(cli, set_store)  # refuses the embedded store, naming OPCORE_REDIS_URL

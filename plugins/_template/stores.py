@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool
 
 from opcore_hooks import Host
+from opcore_hooks.fields import MirrorMessages
 
 TOKEN = "api_token"  # the vault binds the ciphertext to this field name
 
@@ -21,16 +22,20 @@ class StoreSettings(BaseModel):
     store_id: str
     api_token: SecretStr | None = None
     enabled: bool = True
+    #: The note mirror (CONTRACT.md): the engine writes each claim message as a private note on
+    #: the claim's ticket when this is on and ``TemplateDesk`` implements ``add_note``.
+    mirror_messages: bool = False
     credentials: Literal["valid", "invalid", "unchecked"] = "unchecked"
     last_error: str | None = None
 
 
 class SettingsUpdate(BaseModel):
-    """The settings API's PUT body; omitted fields keep their stored values."""
+    """The settings API's PUT body; omitted (or null) fields keep their stored values."""
 
     model_config = ConfigDict(extra="forbid")
     api_token: SecretStr | None = None
     enabled: StrictBool | None = None
+    mirror_messages: MirrorMessages = None  # true or false only, as every helpdesk's settings
 
 
 def settings_key(host: Host, plugin: str, store_id: str) -> str:
@@ -43,6 +48,7 @@ def load(host: Host, plugin: str, store_id: str, fields: dict[str, str]) -> Stor
         store_id=store_id,
         api_token=SecretStr(host.vault.decrypt(store_id, TOKEN, token)) if token else None,
         enabled=fields.get("enabled") == "1",
+        mirror_messages=fields.get("mirror_messages") == "1",
         credentials=fields.get("credentials", "unchecked"),  # type: ignore[arg-type]
         last_error=fields.get("last_error") or None,
     )
@@ -59,9 +65,11 @@ def save(host: Host, plugin: str, store_id: str, update: SettingsUpdate, *, cred
     merged = current.model_copy(update={
         "api_token": update.api_token or current.api_token,
         "enabled": current.enabled if update.enabled is None else update.enabled,
+        "mirror_messages": current.mirror_messages if update.mirror_messages is None else update.mirror_messages,
         "credentials": credentials, "last_error": None,
     })
-    fields = {"enabled": "1" if merged.enabled else "0", "credentials": merged.credentials}
+    fields = {"enabled": "1" if merged.enabled else "0", "mirror_messages": "1" if merged.mirror_messages else "0",
+              "credentials": merged.credentials}
     if merged.api_token is not None:
         fields[TOKEN] = host.vault.encrypt(store_id, TOKEN, merged.api_token.get_secret_value())
     key = settings_key(host, plugin, store_id)
@@ -118,7 +126,8 @@ def view(settings: StoreSettings) -> dict[str, Any]:
     """What an admin may see: the token masked to its last 4 characters."""
     token = settings.api_token.get_secret_value() if settings.api_token else None
     return {"store_id": settings.store_id, "api_token": f"…{token[-4:]}" if token else None,
-            "enabled": settings.enabled, "credentials": settings.credentials, "last_error": settings.last_error}
+            "enabled": settings.enabled, "mirror_messages": settings.mirror_messages,
+            "credentials": settings.credentials, "last_error": settings.last_error}
 
 
 def store_ids(host: Host, plugin: str) -> list[str]:

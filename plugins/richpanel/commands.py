@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from opcore_hooks.cli import add_refusal, add_store_commands, fail, open_host
+from opcore_hooks.cli import add_refusal, add_store_commands, fail, mirror_messages_option, open_host
 from opcore_hooks.serving import fault_options
 
 from . import stores
@@ -37,8 +37,9 @@ def _read_key(value: str | None) -> str | None:
 @click.option("--clear-team", is_flag=True, help="Remove the default team.")
 @click.option("--channel", default=None, help=f"Default ticket channel: {', '.join(CHANNELS)}.")
 @click.option("--enable/--disable", "enabled", default=None, help="Turn delivery to Richpanel on or off.")
+@mirror_messages_option
 def set_richpanel(store_id: str, api_key: str | None, team: str | None, clear_team: bool,
-                  channel: str | None, enabled: bool | None) -> None:
+                  channel: str | None, enabled: bool | None, mirror_messages: bool | None) -> None:
     """Connect STORE to Richpanel: the key is checked with Richpanel before anything is saved."""
     if team is not None and clear_team:
         fail("--team and --clear-team cannot be used together; give one")
@@ -51,6 +52,8 @@ def set_richpanel(store_id: str, api_key: str | None, team: str | None, clear_te
         data["default_channel"] = channel
     if enabled is not None:
         data["enabled"] = enabled
+    if mirror_messages is not None:
+        data["mirror_messages"] = mirror_messages
     saved = stores.update(open_host(), store_id, stores.parse_update(data))
     click.echo(json.dumps({"richpanel": stores.view(saved)}, indent=2))
 

@@ -40,21 +40,22 @@ class StoreConfig(BaseModel):
     default_team_id: str | None = None
     default_channel: str = "email"
     enabled: bool = True
+    mirror_messages: bool = False  # the note mirror: claim messages as private notes, off by default
     credentials: Literal["valid", "invalid", "unchecked"] = "unchecked"
     checked_at: datetime | None = None
     last_error: str | None = None
 
 
 class SettingsUpdate(BaseModel):
-    """The PUT body. Omitted fields (and a null api_key/enabled) keep their stored values;
-    a null default_team_id clears the team, a null default_channel goes back to email."""
+    """The PUT body. Omitted fields (and a null api_key/enabled/mirror_messages) keep their
+    stored values; a null default_team_id clears the team, a null default_channel goes back to email."""
 
     model_config = ConfigDict(extra="forbid")
     api_key: SecretStr | None = None
     default_team_id: str | None = None
     default_channel: str | None = None
     enabled: StrictBool | None = None
-    mirror_messages: MirrorMessages = None  # false only, until the note mirror exists
+    mirror_messages: MirrorMessages = None
 
     @field_validator("api_key")
     @classmethod
@@ -112,5 +113,6 @@ def view(config: StoreConfig) -> dict[str, Any]:
     return {"store_id": config.store_id,
             "api_key": mask(config.api_key.get_secret_value()) if config.api_key else None,
             "connected": config.api_key is not None, "default_team_id": config.default_team_id,
-            "default_channel": config.default_channel, "enabled": config.enabled, "mirror_messages": False,
+            "default_channel": config.default_channel, "enabled": config.enabled,
+            "mirror_messages": config.mirror_messages,
             **health, "health": health}

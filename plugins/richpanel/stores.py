@@ -82,6 +82,7 @@ def from_fields(host: Host, store_id: str, fields: dict[str, str]) -> StoreConfi
         default_team_id=fields.get("default_team_id") or None,
         default_channel=fields.get("default_channel") or "email",
         enabled=fields.get("enabled") == "1",
+        mirror_messages=fields.get("mirror_messages") == "1",
         credentials=fields.get("credentials", "unchecked"),
         checked_at=fields.get("checked_at") or None,
         last_error=fields.get("last_error") or None,
@@ -90,6 +91,7 @@ def from_fields(host: Host, store_id: str, fields: dict[str, str]) -> StoreConfi
 
 def _to_hash(host: Host, config: StoreConfig) -> dict[str, str]:
     fields = {"default_channel": config.default_channel, "enabled": "1" if config.enabled else "0",
+              "mirror_messages": "1" if config.mirror_messages else "0",
               "credentials": config.credentials, "updated_at": _now().isoformat()}
     if config.api_key is not None:
         fields[FIELD] = host.vault.encrypt(config.store_id, FIELD, config.api_key.get_secret_value())
@@ -200,7 +202,9 @@ def update(host: Host, store_id: str, changes: SettingsUpdate | Mapping[str, Any
     the stored settings lack (a key) are named together in one SettingsError, and Richpanel is
     not asked while any of them stands. Richpanel is asked (one GET /v1/teams) whenever a key
     or team is given or the result is enabled, so an enabled store always holds a key that
-    worked when it was saved; a change that only disables or clears needs no network. The
+    worked when it was saved; a change that only disables or clears needs no network.
+    ``mirror_messages`` adds no check of its own (the mirror writes with the key the store
+    already holds): the rule above alone decides whether Richpanel is asked. The
     write is one MULTI, guarded by WATCH so a concurrent change is never half-merged; nothing
     is written on any failure.
     """
@@ -254,6 +258,7 @@ def _merge(host: Host, store_id: str, fields: dict[str, str], changes: SettingsU
         "default_channel": (changes.default_channel or "email") if "default_channel" in given
         else current.default_channel,
         "enabled": current.enabled if changes.enabled is None else changes.enabled,
+        "mirror_messages": current.mirror_messages if changes.mirror_messages is None else changes.mirror_messages,
     })
     if merged.api_key is None and not key_named:
         problems.append(problem(FIELD, "api_key is required: no Richpanel API key is stored for this store",

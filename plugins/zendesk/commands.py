@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from opcore_hooks.cli import add_refusal, add_store_commands, fail, open_host
+from opcore_hooks.cli import add_refusal, add_store_commands, fail, mirror_messages_option, open_host
 from opcore_hooks.serving import fault_options
 
 from . import stores
@@ -28,13 +28,14 @@ from .stores import SettingsError
 @click.option("--group", "group", default=None, type=int, help="Default group id (see `opcore stores groups`).")
 @click.option("--clear-group", is_flag=True, help="Remove the default group.")
 @click.option("--enable/--disable", "enabled", default=None, help="Turn delivery to Zendesk on or off.")
+@mirror_messages_option
 def set_zendesk(store_id: str, subdomain: str | None, email: str | None, api_token: str | None, group: int | None,
-                clear_group: bool, enabled: bool | None) -> None:
+                clear_group: bool, enabled: bool | None, mirror_messages: bool | None) -> None:
     """Connect STORE to Zendesk: the credentials are checked with Zendesk before anything is saved."""
     if group is not None and clear_group:
         fail("--group and --clear-group cannot be used together; give one")
-    data: dict[str, Any] = {k: v for k, v in (("subdomain", subdomain), ("email", email), ("enabled", enabled))
-                            if v is not None}
+    data: dict[str, Any] = {k: v for k, v in (("subdomain", subdomain), ("email", email), ("enabled", enabled),
+                                              ("mirror_messages", mirror_messages)) if v is not None}
     if api_token is not None:
         data["api_token"] = sys.stdin.readline().strip() if api_token == "-" else api_token
     if group is not None or clear_group:

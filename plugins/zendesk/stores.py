@@ -59,14 +59,15 @@ class StoreConfig(BaseModel):
     api_token: SecretStr | None = None
     default_group_id: int | None = None
     enabled: bool = True
+    mirror_messages: bool = False  # the note mirror: claim messages as private notes, off by default
     credentials: Literal["valid", "invalid", "unchecked"] = "unchecked"
     checked_at: datetime | None = None
     last_error: str | None = None
 
 
 class SettingsUpdate(BaseModel):
-    """The PUT body; omitted fields (and a null api_token or enabled) keep their stored values,
-    a null default_group_id clears the group."""
+    """The PUT body; omitted fields (and a null api_token, enabled or mirror_messages) keep their
+    stored values, a null default_group_id clears the group."""
 
     model_config = ConfigDict(extra="forbid")
     subdomain: str | None = None
@@ -74,7 +75,7 @@ class SettingsUpdate(BaseModel):
     api_token: SecretStr | None = None
     default_group_id: StrictInt | None = None
     enabled: StrictBool | None = None
-    mirror_messages: MirrorMessages = None  # false only, until the note mirror exists
+    mirror_messages: MirrorMessages = None
 
     @field_validator("subdomain")
     @classmethod
@@ -139,14 +140,15 @@ def from_fields(host: Host, store_id: str, fields: dict[str, str]) -> StoreConfi
         store_id=store_id, subdomain=fields.get("subdomain") or None, email=fields.get("email") or None,
         api_token=SecretStr(host.vault.decrypt(store_id, TOKEN, token)) if token else None,
         default_group_id=int(group) if group else None, enabled=fields.get("enabled") == "1",
+        mirror_messages=fields.get("mirror_messages") == "1",
         credentials=fields.get("credentials", "unchecked"),  # type: ignore[arg-type]
         checked_at=fields.get("checked_at") or None, last_error=fields.get("last_error") or None,
     )
 
 
 def _to_hash(host: Host, config: StoreConfig) -> dict[str, str]:
-    fields = {"enabled": "1" if config.enabled else "0", "credentials": config.credentials,
-              "updated_at": _now().isoformat()}
+    fields = {"enabled": "1" if config.enabled else "0", "mirror_messages": "1" if config.mirror_messages else "0",
+              "credentials": config.credentials, "updated_at": _now().isoformat()}
     for name in ("subdomain", "email"):
         if getattr(config, name):
             fields[name] = getattr(config, name)
@@ -229,7 +231,8 @@ def update(host: Host, store_id: str, changes: SettingsUpdate | Mapping[str, Any
     ``changes`` may be the PUT's body as sent: then the body's faults, the store id's and what
     the stored settings lack are named together in one SettingsError, and Zendesk is not asked
     while any of them stands. Zendesk is asked whenever credentials or a group are given or the
-    result is enabled, so an enabled store always holds credentials that worked when saved.
+    result is enabled, so an enabled store always holds credentials that worked when saved;
+    ``mirror_messages`` adds no check of its own (the mirror writes with the stored credentials).
     """
     changes, problems = check_settings(SettingsUpdate, store_id, changes, EXAMPLE, SettingsError)
     key = settings_key(host, store_id)
@@ -269,6 +272,7 @@ def _merge(host: Host, store_id: str, raw: dict[str, str], changes: SettingsUpda
         "api_token": changes.api_token or current.api_token,
         "default_group_id": changes.default_group_id if "default_group_id" in given else current.default_group_id,
         "enabled": current.enabled if changes.enabled is None else changes.enabled,
+        "mirror_messages": current.mirror_messages if changes.mirror_messages is None else changes.mirror_messages,
     })
     named = {d["field"] for d in problems}  # a field the body got wrong is not "missing" too
     problems += [problem(f, f"{f} is required: none is stored for this store yet", "missing")
@@ -304,7 +308,8 @@ def view(config: StoreConfig) -> dict[str, Any]:
     """What an admin may see: the token masked."""
     return {"store_id": config.store_id, "subdomain": config.subdomain, "email": config.email,
             "api_token": mask(config.api_token.get_secret_value()) if config.api_token else None,
-            "default_group_id": config.default_group_id, "enabled": config.enabled, "mirror_messages": False,
+            "default_group_id": config.default_group_id, "enabled": config.enabled,
+            "mirror_messages": config.mirror_messages,
             "credentials": config.credentials,
             "checked_at": config.checked_at.isoformat() if config.checked_at else None,
             "last_error": config.last_error}

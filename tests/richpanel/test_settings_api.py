@@ -190,8 +190,47 @@ def test_every_route_refuses_a_missing_or_wrong_token(call, method, path, header
     assert call("GET").status_code == 404  # the refused PUT saved nothing
 
 
-def test_mirror_messages_false_is_accepted_and_true_is_refused_until_the_mirror_exists(call):
-    answer = call("PUT", json={"api_key": KEY, "default_channel": "email", "enabled": True, "mirror_messages": False})
-    assert answer.status_code == 200 and answer.json()["mirror_messages"] is False
-    refused = call("PUT", json={"mirror_messages": True})
-    assert refused.status_code == 422 and "mirror" in refused.json()["error"]
+def test_mirror_messages_is_off_until_turned_on_and_a_put_that_omits_it_keeps_it(call, host):
+    answer = call("PUT", json={"api_key": KEY, "default_channel": "email", "enabled": True})
+    assert answer.status_code == 200 and answer.json()["mirror_messages"] is False  # off by default
+    assert call("PUT", json={"api_key": KEY, "mirror_messages": True}).json()["mirror_messages"] is True
+    assert call("GET").json()["mirror_messages"] is True
+    _, store = host.delivery("richpanel").store("store_123", fresh=True)
+    assert host.delivery("richpanel").helpdesk.mirrors_messages(store), "the delivery engine sees it on"
+    assert call("PUT", json={"default_channel": "message"}).status_code == 200
+    assert call("PUT", json={"mirror_messages": None}).status_code == 200  # null keeps it too
+    body = call("GET").json()
+    assert (body["mirror_messages"], body["default_channel"], body["api_key"]) == (True, "message", "rp_…a1b2")
+    assert call("PUT", json={"mirror_messages": False}).json()["mirror_messages"] is False
+    assert call("GET").json()["mirror_messages"] is False
+    _, store = host.delivery("richpanel").store("store_123", fresh=True)
+    assert not host.delivery("richpanel").helpdesk.mirrors_messages(store)
+
+
+def test_the_mirror_is_turned_on_without_sending_the_key_again(call, sandbox):
+    call("PUT", json={"api_key": KEY, "enabled": False})
+    teams_calls = len(sandbox[0].requests)
+    answer = call("PUT", json={"mirror_messages": True})
+    assert answer.status_code == 200, answer.text
+    assert len(sandbox[0].requests) == teams_calls, "the mirror alone asks Richpanel nothing"
+    assert call("PUT", json={"enabled": True}).status_code == 200  # enabling checks the stored key, as always
+    body = call("GET").json()
+    assert (body["mirror_messages"], body["enabled"], body["api_key"]) == (True, True, "rp_…a1b2")
+    assert call("PUT", json={"mirror_messages": False}).json()["mirror_messages"] is False
+
+
+def test_the_mirror_alone_cannot_configure_a_store(call):
+    answer = call("PUT", json={"mirror_messages": True})
+    assert answer.status_code == 422 and "api_key is required" in answer.json()["error"]
+    assert call("GET").status_code == 404
+
+
+@pytest.mark.parametrize("value", ["yes", "true", 1, 0, [], {}])
+def test_a_mirror_messages_that_is_not_a_boolean_is_422_naming_it(call, value):
+    call("PUT", json={"api_key": KEY, "mirror_messages": True})
+    answer = call("PUT", json={"mirror_messages": value, "default_channel": "message"})
+    assert answer.status_code == 422
+    assert [d["field"] for d in answer.json()["details"]] == ["mirror_messages"]
+    assert "mirror_messages" in answer.json()["error"]
+    body = call("GET").json()
+    assert (body["mirror_messages"], body["default_channel"]) == (True, "email"), "nothing was saved"

@@ -195,6 +195,15 @@ def test_a_stored_key_revoked_later_blocks_enabling_not_disabling(host, sandbox)
     assert "Richpanel rejected the stored API key (401): paste a new api_key" in error.message
 
 
+def test_a_store_saved_before_the_mirror_existed_has_it_off_until_turned_on(host, sandbox):
+    save(host, api_key=KEY, default_team_id=TEAM)
+    host.redis.hdel(stores.settings_key(host, STORE), "mirror_messages")  # as an older version stored it
+    assert stores.load(host, STORE).mirror_messages is False
+    saved = save(host, mirror_messages=True)
+    assert (saved.mirror_messages, saved.default_team_id) == (True, TEAM)
+    assert stores.load(host, STORE).mirror_messages is True
+
+
 def test_disconnect_forgets_the_key_and_keeps_the_record(host):
     save(host, api_key=KEY, default_team_id=TEAM)
     assert stores.disconnect(host, STORE) is True

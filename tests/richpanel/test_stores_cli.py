@@ -72,6 +72,20 @@ def test_set_merges_and_toggles(run, host):
     assert (config.enabled, config.default_team_id) == (True, None)
 
 
+def test_the_mirror_flag_turns_the_note_mirror_on_and_off_and_show_shows_it(run, host):
+    def shown() -> bool:
+        return json.loads(run("stores", "show", "store_123").stdout)["richpanel"]["mirror_messages"]
+
+    on = run("stores", "set", "richpanel", "store_123", "--api-key", KEY, "--mirror-messages")
+    assert on.exit_code == 0, on.output
+    assert json.loads(on.stdout)["richpanel"]["mirror_messages"] is True and shown() is True
+    assert run("stores", "set", "richpanel", "store_123", "--channel", "message").exit_code == 0
+    assert shown() is True, "a change without the flag keeps the choice"
+    assert run("stores", "set", "richpanel", "store_123", "--no-mirror-messages").exit_code == 0
+    assert shown() is False
+    assert stores.load(host, "store_123").api_key.get_secret_value() == KEY
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["--api-key", "rp_live_NotAnAccountKey_0000"], "Richpanel rejected this API key (401)"),
     (["--api-key", KEY, "--team", "Claims"], f"Claims ({TEAM})"),

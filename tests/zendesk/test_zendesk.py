@@ -264,6 +264,13 @@ def test_operators_connect_a_store_from_the_command_line(make_host, sandbox, mon
     assert run(cli, ["stores", "groups", STORE]).stdout.splitlines() == [f"{GROUP}\tClaims"]
     refused = run(cli, ["stores", "set", "zendesk", STORE, "--group", "42"])
     assert refused.exit_code == 2 and "not a group of this account" in refused.stderr
+    mirrored = run(cli, ["stores", "set", "zendesk", STORE, "--mirror-messages"])
+    assert mirrored.exit_code == 0, mirrored.output
+    assert json.loads(run(cli, ["stores", "show", STORE]).stdout)["zendesk"]["mirror_messages"] is True
+    assert run(cli, ["stores", "set", "zendesk", STORE, "--disable"]).exit_code == 0
+    assert json.loads(run(cli, ["stores", "show", STORE]).stdout)["zendesk"]["mirror_messages"] is True
+    assert run(cli, ["stores", "set", "zendesk", STORE, "--no-mirror-messages"]).exit_code == 0
+    assert json.loads(run(cli, ["stores", "show", STORE]).stdout)["zendesk"]["mirror_messages"] is False
 
 
 def test_a_group_changed_between_a_lost_answer_and_its_retry_still_gives_one_ticket(zd):
@@ -282,15 +289,41 @@ def test_a_group_changed_between_a_lost_answer_and_its_retry_still_gives_one_tic
     assert len(sandbox.state.tickets(SUBDOMAIN)) == 1 and host.dead_letters.count() == 0
 
 
-def test_the_contracts_example_body_is_accepted_and_the_mirror_cannot_be_turned_on_yet(make_host, sandbox):
+def test_the_contracts_example_body_is_accepted_and_the_mirror_is_turned_on_and_off(make_host, sandbox):
     host = make_host({"zendesk": plugin})
     with TestClient(create_app(host)) as client:
         body = {"subdomain": SUBDOMAIN, "email": EMAIL, "api_token": TOKEN, "default_group_id": None,
                 "enabled": True, "mirror_messages": False}
         saved = client.put(URL, headers=ADMIN, json=body)
         assert saved.status_code == 200 and saved.json()["mirror_messages"] is False
-        refused = client.put(URL, headers=ADMIN, json={**body, "mirror_messages": True})
-        assert refused.status_code == 422 and "mirror" in refused.json()["error"]
+        on = client.put(URL, headers=ADMIN, json={"mirror_messages": True})  # no credentials sent again
+        assert on.status_code == 200, on.text
+        assert client.get(URL, headers=ADMIN).json()["mirror_messages"] is True
+        _, store = host.delivery("zendesk").store(STORE, fresh=True)
+        assert host.delivery("zendesk").helpdesk.mirrors_messages(store), "the delivery engine sees it on"
+        assert client.put(URL, headers=ADMIN, json={"default_group_id": GROUP}).status_code == 200
+        assert client.put(URL, headers=ADMIN, json={"mirror_messages": None}).status_code == 200
+        shown = client.get(URL, headers=ADMIN).json()
+        assert (shown["mirror_messages"], shown["default_group_id"]) == (True, GROUP), "omitted or null keeps it"
+        for bad in ("yes", 1):
+            refused = client.put(URL, headers=ADMIN, json={"mirror_messages": bad, "enabled": False})
+            assert refused.status_code == 422
+            assert [d["field"] for d in refused.json()["details"]] == ["mirror_messages"]
+        shown = client.get(URL, headers=ADMIN).json()
+        assert (shown["mirror_messages"], shown["enabled"]) == (True, True), "a refused change saves nothing"
+        off = client.put(URL, headers=ADMIN, json={"mirror_messages": False})
+        assert off.status_code == 200 and client.get(URL, headers=ADMIN).json()["mirror_messages"] is False
+
+
+def test_the_mirror_of_a_disabled_store_is_switched_without_asking_zendesk(make_host, sandbox):
+    host = make_host({"zendesk": plugin})
+    with TestClient(create_app(host)) as client:
+        client.put(URL, headers=ADMIN, json={"subdomain": SUBDOMAIN, "email": EMAIL, "api_token": TOKEN,
+                                             "enabled": False})
+        sandbox.state.requests.clear()
+        assert client.put(URL, headers=ADMIN, json={"mirror_messages": True}).status_code == 200
+        assert sandbox.state.view_requests() == [], "the mirror alone asks Zendesk nothing"
+        assert client.get(URL, headers=ADMIN).json()["mirror_messages"] is True
 
 
 def test_the_zendesk_panel_opens_in_a_plain_iframe_until_the_store_is_deleted(zd):

@@ -225,6 +225,40 @@ def test_settings_are_behind_the_admin_token_and_show_the_token_masked(desk):
     assert client.get(url, headers=ADMIN).json()["api_token"] == "…" + TOKEN[-4:], "a refused token is not saved"
 
 
+def test_the_note_mirror_setting_is_off_until_turned_on_and_kept_when_omitted(desk):
+    host, worker, stand_in, client = desk
+    url = f"/internal/integrations/{NAME}/stores/{STORE}"
+    assert client.get(url, headers=ADMIN).json()["mirror_messages"] is False
+    assert client.put(url, json={"mirror_messages": True}, headers=ADMIN).json()["mirror_messages"] is True
+    assert client.put(url, json={"enabled": True}, headers=ADMIN).status_code == 200
+    assert client.get(url, headers=ADMIN).json()["mirror_messages"] is True, "omitted keeps it"
+    _, store = host.delivery(NAME).store(STORE, fresh=True)
+    assert host.delivery(NAME).helpdesk.mirrors_messages(store), "the delivery engine sees it on"
+    refused = client.put(url, json={"mirror_messages": "yes"}, headers=ADMIN)
+    assert refused.status_code == 422 and [d["field"] for d in refused.json()["details"]] == ["mirror_messages"]
+    assert client.put(url, json={"mirror_messages": False}, headers=ADMIN).json()["mirror_messages"] is False
+    assert client.get(url, headers=ADMIN).json()["mirror_messages"] is False
+
+
+def test_the_note_mirror_is_set_from_the_command_line(desk, monkeypatch):
+    from opcore_hooks.host import Host
+
+    host, worker, stand_in, client = desk
+    monkeypatch.setattr(Host, "from_env", classmethod(lambda cls, **kw: host))
+    monkeypatch.setenv("OPCORE_REDIS_URL", "redis://the-test-host.invalid:6379/0")  # never dialled
+    load_plugins({NAME: plugin}).pm.hook.register_commands(cli=cli)
+
+    def mirrored(*flags: str) -> bool:
+        done = CliRunner().invoke(cli, ["stores", "set", NAME, STORE, *flags])
+        assert done.exit_code == 0, done.output
+        shown = CliRunner().invoke(cli, ["stores", "show", STORE])
+        return json.loads(shown.stdout)[NAME]["mirror_messages"]
+
+    assert mirrored("--mirror-messages") is True
+    assert mirrored("--disable") is True, "a change without the flag keeps the choice"
+    assert mirrored("--no-mirror-messages") is False
+
+
 def test_its_settings_come_from_its_own_environment(make_host, monkeypatch):
     monkeypatch.setenv(f"OPCORE_{NAME.upper()}_API_URL", "https://desk.test")
     host = make_host({NAME: plugin})
