@@ -8,6 +8,8 @@ dead letters) is the engine's: nothing here needs a lock, a retry or a counter.
     POST /api/tickets            {"ticket": {...}} with an Idempotency-Key -> 201 {"id": ...}
     GET  /api/tickets?external_id=<claim id>     -> {"tickets": [{"id": ...}]}
     PUT  /api/tickets/<id>       {"ticket": {"status": "pending"}}
+    POST /api/tickets/<id>/notes {"note": {"body": ..., "public": false}}   (the note mirror)
+    GET  /api/tickets/<id>/notes -> {"notes": [{"body": ...}]}
     GET  /api/account            -> 200 while the token works (the settings check)
     Every answer: X-RateLimit-Limit, X-RateLimit-Remaining; over quota: 429 with Retry-After.
 """
@@ -19,7 +21,8 @@ from urllib.parse import quote
 
 import httpx
 
-from opcore_hooks import Call, ClaimCreated, Helpdesk, Host, Pacing
+from opcore_hooks import Call, ClaimCreated, Helpdesk, Host, Note, Pacing
+from opcore_hooks.summary import note_text
 
 from .stores import StoreSettings, load, mark_invalid, settings_key, store_ids
 
@@ -79,6 +82,17 @@ class TemplateDesk(Helpdesk[StoreSettings]):
 
     def finish_ticket(self, call: Call[StoreSettings], ticket_id: str) -> None:
         self.send(call, "PUT", f"/api/tickets/{quote(ticket_id, safe='')}", json={"ticket": {"status": "pending"}})
+
+    # -- the note mirror (optional: leave both out and the mirror is never offered) -------------
+    def add_note(self, call: Call[StoreSettings], ticket_id: str, note: Note) -> None:
+        # Private, never a reply: the customer must not be emailed. note_text escapes nothing
+        # because this API shows the body as text; use note_html where the helpdesk renders HTML.
+        self.send(call, "POST", f"/api/tickets/{quote(ticket_id, safe='')}/notes",
+                  json={"note": {"body": note_text(note), "public": False}})
+
+    def find_note(self, call: Call[StoreSettings], ticket_id: str, note: Note) -> bool:
+        found = self.send(call, "GET", f"/api/tickets/{quote(ticket_id, safe='')}/notes")
+        return any(note.ref in n.get("body", "") for n in found.get("notes", []))
 
     def check(self, call: Call[Any]) -> None:
         """Whether the token works (the settings check): raises CredentialsRejected when not."""

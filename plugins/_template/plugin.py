@@ -84,6 +84,11 @@ def on_claim_status_changed(host: Host, event: Event, change: ClaimStatusChanged
     host.delivery(NAME).claim_status_changed(change)  # finishes the ticket once it exists
 
 
+@hookimpl
+def on_claim_message(host: Host, event: Event, message: MessageCreated) -> None:
+    host.delivery(NAME).message_created(message, event)  # a private note, for stores mirroring messages
+
+
 class SettingsRefused(RequestError):
     """A change the settings API refuses, in the host's error style (``RequestError``: a 422
     unless ``status`` says otherwise, with a detail per field at fault); ``rejected``: the

@@ -27,6 +27,7 @@ from opcore_hooks.testing import (
     approved,
     claim_created,
     drain,
+    message_created,
     plugin_beside,
     wait_for,
 )
@@ -80,6 +81,13 @@ class Desk:
             wanted = request.url.params["external_id"]
             return httpx.Response(200, json={"tickets": [t for t in self.tickets.values()
                                                          if t["external_id"] == wanted]})
+        if path.startswith("/api/tickets/") and path.endswith("/notes"):
+            ticket = self.tickets.get(path.split("/")[3])
+            if ticket is None:
+                return httpx.Response(404, json={"error": "no such ticket"})
+            if request.method == "POST":
+                ticket.setdefault("notes", []).append(body["note"])
+            return httpx.Response(200, json={"notes": ticket.get("notes", [])})
         if request.method == "PUT" and path.startswith("/api/tickets/"):
             self.tickets[path.rsplit("/", 1)[1]].update(body["ticket"])
             return httpx.Response(200, json={})
@@ -207,6 +215,26 @@ def test_the_widget_panel_answers_its_iframe_url_and_signed_requests_only(desk):
     assert client.get(framed).status_code == 401  # deleting the store's settings revoked its widget
 
 
+def test_messages_become_private_notes_in_order_once_the_store_turns_the_mirror_on(desk):
+    host, worker, stand_in, client = desk
+    claim = claim_created()
+    claim_id = claim["body"]["claim_id"]
+    post(client, message_created(claim_id, "before the mirror", message_id="m0"))
+    drain(host, worker)  # handled while the mirror is off: never written
+    answer = client.put(f"/internal/integrations/{NAME}/stores/{STORE}", json={"mirror_messages": True}, headers=ADMIN)
+    assert answer.status_code == 200 and answer.json()["mirror_messages"] is True
+    later, earlier = (message_created(claim_id, text, message_id=mid, created_at=at) for text, mid, at in (
+        ("second <b>", "m2", "2026-11-27T10:02:00Z"), ("first", "m1", "2026-11-27T10:01:00Z")))
+    post(client, later, claim, earlier, earlier)  # the earlier message arrives last, and twice
+    wait_for(lambda: len(next(iter(stand_in.tickets.values()), {}).get("notes", [])) >= 2)
+    drain(host, worker)
+    [ticket] = stand_in.tickets.values()
+    assert [n["public"] for n in ticket["notes"]] == [False, False]
+    assert ["first" in n["body"] for n in ticket["notes"]] == [True, False]
+    assert "second <b>" in ticket["notes"][1]["body"]  # this API shows text as written
+    assert not any("before the mirror" in n["body"] for n in ticket["notes"])
+
+
 def test_a_store_without_this_helpdesk_gets_nothing(desk):
     host, worker, stand_in, client = desk
     post(client, claim_created(store_id="store_elsewhere"))
@@ -269,7 +297,7 @@ def test_every_hook_has_a_spec_and_its_command_joins_the_cli():
     loaded = load_plugins({NAME: plugin})
     assert set(loaded.hooks_of(NAME)) == {
         "register_settings", "register_helpdesk", "register_panel", "register_routes", "register_commands",
-        "on_claim_created", "on_claim_status_changed", "widget_context",
+        "on_claim_created", "on_claim_status_changed", "on_claim_message", "widget_context",
         "validate_credentials", "store_status", "rotate_secrets",
     }
     loaded.pm.hook.register_commands(cli=cli)
