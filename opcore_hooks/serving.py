@@ -1,6 +1,6 @@
 """Serving an ASGI app on a real socket: in the foreground (``opcore serve``, the sandbox commands)
-or from a background thread (demo, sandboxes, tests); and losing an answer on purpose, as the
-helpdesk sandboxes do to test lost answers."""
+or from a background thread (demo, sandboxes, tests); and what the helpdesk sandboxes share:
+their fault state, the view of their tickets' notes, and losing an answer on purpose."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import random
 import socket
 import threading
 import time
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 import click
 import httpx
@@ -98,7 +98,7 @@ class ThreadedServer:
         self.stop()
 
 
-# -- losing an answer on purpose (the helpdesk sandboxes) -------------------------------------------
+# -- the helpdesk stand-ins: their faults, their notes, their lost answers --------------------------
 
 #: A stand-in's fault configuration: a pydantic model with a ``seed`` field.
 C = TypeVar("C", bound=BaseModel)
@@ -120,6 +120,27 @@ class StandInState(Generic[C]):
             if "seed" in changes:
                 self.rng = random.Random(getattr(self.config, "seed"))
             return self.config
+
+
+def with_notes(tickets: Iterable[tuple[dict[str, Any], int]], time_field: str,
+               writes_to_unknown_tickets: int) -> dict[str, Any]:
+    """One stand-in account's tickets as the judges read them (``GET /_sandbox/tickets``).
+
+    ``tickets`` pairs each ticket (its ``comments`` in the order written) with how many comments
+    it was created with. Each ticket is shown with ``notes``: the comments written after creation,
+    in order, as ``{"position": 1, 2, ..., "public", "body", "created_at"}`` (the comment's
+    ``time_field``). Beside them, what a judge flags: ``public_comments_after_creation`` (each could
+    have emailed the customer) and ``writes_to_unknown_tickets`` (writes naming a ticket the
+    account does not hold, answered 404: a note or finish before its ticket).
+    """
+    shown, public = [], 0
+    for ticket, created in tickets:
+        notes = [{"position": n, "public": bool(c.get("public")), "body": c.get("body"),
+                  "created_at": c.get(time_field)} for n, c in enumerate(ticket.get("comments", [])[created:], 1)]
+        public += sum(note["public"] for note in notes)
+        shown.append({**ticket, "notes": notes})
+    return {"tickets": shown, "public_comments_after_creation": public,
+            "writes_to_unknown_tickets": writes_to_unknown_tickets}
 
 
 class DroppedConnection(httpx.RemoteProtocolError):

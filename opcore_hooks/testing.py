@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterator
@@ -25,6 +26,7 @@ import redis
 
 from .config import Settings
 from .crypto import generate_master_key
+from .delivery import Call, Helpdesk, Note
 from .host import Host
 from .samples import CLAIM_CREATED
 from .worker import EmbeddedWorker
@@ -130,6 +132,23 @@ def approved(claim_id: str, store_id: str = "store_123") -> dict[str, Any]:
         "body": {"claimId": claim_id, "storeId": store_id,
                  "resolutions": [{"type": "RESHIP", "itemId": "i1", "quantity": 1}]},
     }
+
+
+def claim_note(ref: str = "opcore-note-0a1b2c", message: str = "<b>Where is my parcel?</b>\nIt is late.",
+               **fields: Any) -> Note:
+    """A claim's message as the note mirror hands it to ``Helpdesk.add_note``; ``fields`` override."""
+    return Note(**{"store_id": "store_123", "claim_id": "claim-1", "ref": ref, "message": message,
+                   "claim_url": "https://dash.example/claims/view/claim-1", "sender_type": "customer",
+                   "author_name": "Ana", "created_at": datetime(2026, 11, 27, 10, 1, tzinfo=timezone.utc), **fields})
+
+
+def check_find_note(helpdesk: Helpdesk[Any], call: Call[Any], ticket_id: str, other_ticket_id: str) -> None:
+    """What ``find_note`` must answer, on two tickets of the helpdesk: a note ``add_note`` wrote is
+    found by its ref; a ref never written is not, nor the note on another ticket."""
+    helpdesk.add_note(call, ticket_id, claim_note("opcore-note-aaaa"))
+    assert helpdesk.find_note(call, ticket_id, claim_note("opcore-note-aaaa")) is True
+    assert helpdesk.find_note(call, ticket_id, claim_note("opcore-note-bbbb")) is False
+    assert helpdesk.find_note(call, other_ticket_id, claim_note("opcore-note-aaaa")) is False
 
 
 def drain(host: Host, worker: EmbeddedWorker, timeout: float = 15.0) -> None:

@@ -239,6 +239,13 @@ class RichpanelClient:
             return [t for t in found if isinstance(t, dict)]
         raise ClientError(f"Richpanel {op} answered an unknown shape", 200)
 
+    def add_note(self, ticket_id: str, body: str) -> None:
+        """A private note on the ticket: an operator's comment with ``public: false``, which Richpanel
+        emails to no one (``body`` is HTML). Not idempotent: on TransportError the note may exist."""
+        comment = {"body": body, "public": False, "sender_type": "operator"}
+        self._request("PUT", f"/tickets/{_segment(ticket_id)}", "PUT /v1/tickets/{id}",
+                      payload={"ticket": {"comment": comment}})
+
     def snooze_ticket(self, ticket_id: str) -> None:
         """Body as Order Protection's integration sends it; Richpanel documents no snooze call."""
         self._request("PUT", f"/tickets/{_segment(ticket_id)}/snooze",

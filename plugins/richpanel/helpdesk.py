@@ -3,8 +3,9 @@
 Everything that holds whatever the helpdesk (one ticket per claim, ordering, pacing shared by
 every worker, parking, dead letters) is the host's (``opcore_hooks.delivery``); this is what is
 Richpanel's own: a ticket is ``POST /v1/tickets``, a lost answer is found among the customer's
-tickets by the claim's link, a finished claim is snoozed, 429 and 492 are rate limits, and
-pacing is per API key.
+tickets by the claim's link, a finished claim is snoozed, a mirrored message is an operator's
+private comment (found again by its ref among the ticket's comments), 429 and 492 are rate
+limits, and pacing is per API key.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from opcore_hooks import (
     Helpdesk,
     HelpdeskError,
     Host,
+    Note,
     Pacing,
     RateLimited,
     Refused,
     Transient,
 )
+from opcore_hooks.summary import note_html
 
 from . import session, stores, tickets
 from .client import AuthError, ClientError, RichpanelClient, RichpanelError
@@ -84,6 +87,16 @@ class Richpanel(Helpdesk[StoreConfig]):
 
     def finish_ticket(self, call: Call[StoreConfig], ticket_id: str) -> None:
         self.client(call, lambda c: c.snooze_ticket(ticket_id))
+
+    # -- the note mirror -------------------------------------------------------------------
+    def add_note(self, call: Call[StoreConfig], ticket_id: str, note: Note) -> None:
+        """``PUT /v1/tickets/{id}`` with an operator's private comment (HTML: Richpanel renders it)."""
+        body = note_html(note)
+        self.client(call, lambda c: c.add_note(ticket_id, body))
+
+    def find_note(self, call: Call[StoreConfig], ticket_id: str, note: Note) -> bool:
+        """The ticket is read back (``GET /v1/tickets/{id}``, every comment) for the note's ref."""
+        return tickets.has_note(self.client(call, lambda c: c.get_ticket(ticket_id)), note.ref)
 
     def client(self, call: Call[Any], request: Callable[[RichpanelClient], T]) -> T:
         """Send ``request`` with the call's key; Richpanel's rate-limit headers reach the pacing,

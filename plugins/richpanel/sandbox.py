@@ -2,9 +2,11 @@
 
 No call to the real API can be made while developing, so this app follows
 shared/reference/richpanel-api.md: the per-key quota with 429/492 and Retry-After, 5xx, slow
-answers, and answers lost after the work was done. Tests inspect `app.state.sandbox` directly;
-a separately running sandbox is set up and inspected through the `/_sandbox/*` routes, which have
-no authentication: bind it to localhost only.
+answers, and answers lost after the work was done. The comments a ticket gets after its creation
+are its notes: one is private only when sent `public: false` by an operator, and
+`/_sandbox/tickets` counts the public ones and every write to a ticket that does not exist.
+Tests inspect `app.state.sandbox` directly; a separately running sandbox is set up and inspected
+through the `/_sandbox/*` routes, which have no authentication: bind it to localhost only.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opcore_hooks.serving import DroppedResponse, ForegroundServer, StandInState, ThreadedServer, hide_drops
+from opcore_hooks.serving import DroppedResponse, ForegroundServer, StandInState, ThreadedServer, hide_drops, with_notes
 
 from .client import KEY_HEADER, mask_key
 
@@ -69,9 +71,12 @@ def _tag_ids(value: Any) -> list[str]:
 
 
 def _comments(comment: Any, via: Any, now: str) -> list[dict[str, Any]]:
+    """As stored: a comment is private only when sent ``public: false`` by an operator (an internal
+    note); without ``public`` or from anyone else it is public, as a judge must count it."""
     items = comment if isinstance(comment, list) else [comment] if isinstance(comment, dict) else []
     return [{"id": str(uuid.uuid4()), "body": c.get("body", ""), "plain_body": c.get("body", ""),
-             "sender_type": c.get("sender_type", "customer"), "public": c.get("public", True),
+             "sender_type": c.get("sender_type", "customer"),
+             "public": not (c.get("public") is False and c.get("sender_type") == "operator"),
              "author_id": c.get("author_id"), "created_at": now, "via": via} for c in items]
 
 
@@ -89,6 +94,10 @@ class Account:
     tickets: dict[str, dict[str, Any]] = field(default_factory=dict)
     tags: dict[str, dict[str, Any]] = field(default_factory=dict)
     window: deque[float] = field(default_factory=deque, repr=False)
+    #: How many comments each ticket was created with: the ones after are its notes.
+    created_with: dict[str, int] = field(default_factory=dict)
+    #: Writes (update, comment, snooze, tags) naming a ticket this account does not hold.
+    unknown_writes: int = 0
 
     @property
     def masked_key(self) -> str:
@@ -98,6 +107,16 @@ class Account:
         if ticket_id not in self.tickets:
             raise HTTPException(404, "ticket not found")
         return self.tickets[ticket_id]
+
+    def written(self, ticket_id: str) -> dict[str, Any]:
+        """The ticket a write names; a write to one that does not exist is counted, then a 404."""
+        if ticket_id not in self.tickets:
+            self.unknown_writes += 1
+        return self.ticket(ticket_id)
+
+    def update(self, ticket_id: str, body: Any) -> dict[str, Any]:
+        """``PUT /v1/tickets/{id}``: a comment in it is appended (a note, public unless private)."""
+        return self.update_ticket(self.written(ticket_id), _inner(body, "ticket"))
 
     def create_ticket(self, body: Any) -> dict[str, Any]:
         fields = _inner(body, "ticket")
@@ -109,6 +128,7 @@ class Account:
                   "customer_profile": {}, "comments": []}
         answer = self.update_ticket(ticket, fields)
         self.tickets[ticket_id] = ticket
+        self.created_with[ticket_id] = len(ticket["comments"])
         return answer
 
     @staticmethod
@@ -128,7 +148,7 @@ class Account:
         return {"ticket": ticket}
 
     def snooze(self, ticket_id: str, body: Any) -> dict[str, Any]:
-        ticket = self.ticket(ticket_id)
+        ticket = self.written(ticket_id)
         if not isinstance(body, dict) or "snoozed_till" not in body:
             raise HTTPException(400, "snoozed_till is required")
         ticket.update(snoozed_till=body["snoozed_till"], snoozed_at=_now())
@@ -142,7 +162,7 @@ class Account:
         return {"tickets": [t for t in self.tickets.values() if sender(t) == email.strip().lower()]}
 
     def change_tags(self, ticket_id: str, body: Any, adding: bool) -> dict[str, Any]:
-        ticket = self.ticket(ticket_id)
+        ticket = self.written(ticket_id)
         tags = _tag_ids(body.get("tags") if isinstance(body, dict) else None)
         kept = [t for t in ticket["tags"] if t not in tags]
         return self.update_ticket(ticket, {"tags": kept + tags if adding else kept})
@@ -198,10 +218,13 @@ class SandboxState(StandInState[SandboxConfig]):
             return {"requests": list(self.requests)}
 
     def view_tickets(self) -> dict[str, Any]:
+        """What GET /_sandbox/tickets shows: per account (key masked) its rate-limited answers and
+        its tickets, each with its ``notes`` (``serving.with_notes``), the count of public
+        comments written after creation and of writes to tickets it does not hold."""
         with self.lock:
-            return {"accounts": [{"account": a.masked_key,
-                                  "rate_limited": self.rate_limited[a.api_key],
-                                  "tickets": list(a.tickets.values())}
+            return {"accounts": [{"account": a.masked_key, "rate_limited": self.rate_limited[a.api_key],
+                                  **with_notes(((t, a.created_with.get(i, 0)) for i, t in a.tickets.items()),
+                                               "created_at", a.unknown_writes)}
                                  for a in self.accounts.values()]}
 
     def reset(self) -> None:
@@ -362,8 +385,7 @@ def create_sandbox(config: SandboxConfig | None = None) -> Starlette:
         Route("/v1/tickets/email/{email}", _api(lambda a, p, b: a.by_email(p["email"])),
               methods=["GET"]),
         Route(one, _api(lambda a, p, b: {"ticket": a.ticket(p["id"])}), methods=["GET"]),
-        Route(one, _api(lambda a, p, b: a.update_ticket(a.ticket(p["id"]), _inner(b, "ticket"))),
-              methods=["PUT"]),
+        Route(one, _api(lambda a, p, b: a.update(p["id"], b)), methods=["PUT"]),
         Route(one + "/snooze", _api(lambda a, p, b: a.snooze(p["id"], b)), methods=["PUT"]),
         Route(one + "/add-tags", _api(lambda a, p, b: a.change_tags(p["id"], b, True)),
               methods=["PUT"]),

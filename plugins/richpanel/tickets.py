@@ -56,12 +56,21 @@ def build_ticket(
     return ticket
 
 
-def is_ticket_for(ticket: dict[str, Any], claim_url: str) -> bool:
-    """Whether a ticket found by the customer's email is the one this claim already opened."""
+def _texts(ticket: dict[str, Any]) -> list[str]:
+    """Every comment text of a retrieved ticket: each comment's ``body`` and ``plain_body``."""
     comments = ticket.get("comments") or []
     first = ticket.get("comment")
-    texts = [c.get("body") or c.get("plain_body") or "" for c in comments if isinstance(c, dict)]
-    if isinstance(first, dict):
-        texts.append(first.get("body") or "")
+    found = [c for c in comments if isinstance(c, dict)] + ([first] if isinstance(first, dict) else [])
+    return [str(c.get(name) or "") for c in found for name in ("body", "plain_body")]
+
+
+def is_ticket_for(ticket: dict[str, Any], claim_url: str) -> bool:
+    """Whether a ticket found by the customer's email is the one this claim already opened."""
     markers = (claim_url, escape(claim_url))
-    return any(marker in text for text in texts for marker in markers)
+    return any(marker in text for text in _texts(ticket) for marker in markers)
+
+
+def has_note(ticket: dict[str, Any], ref: str) -> bool:
+    """Whether a retrieved ticket holds the note whose reference is ``ref`` (``Note.ref``, which
+    ``note_html`` writes as is: nothing in it is escaped)."""
+    return any(ref in text for text in _texts(ticket))

@@ -1,4 +1,4 @@
-"""A small Zendesk Support API client: the four calls opcore makes, over a shared connection pool.
+"""A small Zendesk Support API client: the calls opcore makes, over a shared connection pool.
 
 Authentication is HTTP Basic ``{agent email}/token:{api token}``. Failures are left as httpx
 raises them (``raise_for_status``, transport errors); the adapter says what each one means. The
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 import httpx
@@ -18,6 +18,9 @@ from pydantic import BaseModel
 #: A Zendesk subdomain: it becomes part of a host name, so nothing else is let through.
 SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_GROUP_PAGES = 10
+#: How far back ``find_note`` reads (newest first, 100 a page): a note whose answer was lost is
+#: recent, so more than 300 comments written after it on one ticket would be needed to miss it.
+MAX_COMMENT_PAGES = 3
 
 
 class UnreadableAnswer(ValueError):
@@ -56,15 +59,8 @@ class ZendeskClient:
         return f"ZendeskClient({self.base_url!r})"
 
     def list_groups(self) -> list[Group]:
-        groups: list[Group] = []
-        url: str | None = f"{self.base_url}/api/v2/groups"
-        for _ in range(MAX_GROUP_PAGES):
-            answer = self._request("GET", url)
-            groups += [Group.model_validate(g) for g in answer.get("groups", [])]
-            url = answer.get("next_page")
-            if not url or not str(url).startswith(self.base_url + "/"):
-                break
-        return groups
+        return [Group.model_validate(g) for g in self._pages(f"{self.base_url}/api/v2/groups", "groups",
+                                                             MAX_GROUP_PAGES)]
 
     def create_ticket(self, ticket: dict[str, Any], idempotency_key: str) -> str:
         answer = self._request("POST", f"{self.base_url}/api/v2/tickets", json={"ticket": ticket},
@@ -79,7 +75,34 @@ class ZendeskClient:
         return list(answer.get("tickets") or [])
 
     def update_ticket(self, ticket_id: str, changes: dict[str, Any]) -> None:
-        self._request("PUT", f"{self.base_url}/api/v2/tickets/{quote(ticket_id, safe='')}", json={"ticket": changes})
+        self._request("PUT", self._ticket_url(ticket_id), json={"ticket": changes})
+
+    def add_note(self, ticket_id: str, body: str) -> None:
+        """A private note (``public: false``: Zendesk's standard triggers email the requester on
+        public updates only). ``body`` is shown as written. On a lost answer the note may exist."""
+        self.update_ticket(ticket_id, {"comment": {"body": body, "public": False}})
+
+    def comments(self, ticket_id: str, *, pages: int = MAX_COMMENT_PAGES) -> Iterator[dict[str, Any]]:
+        """The ticket's comments, newest first (List Comments, ``sort_order=desc``), 100 a page, for at
+        most ``pages`` pages; each page is read only when the one before did not satisfy the caller."""
+        url = f"{self._ticket_url(ticket_id)}/comments"
+        yield from self._pages(url, "comments", pages, params={"sort_order": "desc", "per_page": 100})
+
+    def _ticket_url(self, ticket_id: str) -> str:
+        """The ticket's URL; its id is Zendesk's, but quoted as any path segment from outside."""
+        return f"{self.base_url}/api/v2/tickets/{quote(str(ticket_id), safe='')}"
+
+    def _pages(self, url: str, name: str, pages: int, params: dict[str, Any] | None = None
+               ) -> Iterator[dict[str, Any]]:
+        """The objects listed under ``name``, following ``next_page`` for at most ``pages`` pages and
+        only to this account's own API (a next page elsewhere would be sent the credentials)."""
+        for _ in range(pages):
+            answer = self._request("GET", url, params=params)
+            yield from answer.get(name) or []
+            following = answer.get("next_page")
+            if not following or not str(following).startswith(self.base_url + "/"):
+                return
+            url, params = str(following), None  # the next page's URL carries the query
 
     def _request(self, method: str, url: str, **options: Any) -> dict[str, Any]:
         response = self.http.request(method, url, auth=self._auth, **options)

@@ -8,6 +8,8 @@ pacing shared by every worker, parking and dead letters. What is Zendesk's own:
   which finds it again once the key's two hours have passed;
 - a finished claim's ticket goes ``pending`` (never ``solved``: that closes by itself and may
   send the customer a survey);
+- a mirrored message is a private comment (``public: false``) added by ``PUT /api/v2/tickets/{id}``,
+  found again by its ref among the ticket's comments, newest first;
 - the budget is per account (subdomain), sized by the plan and shared with the account's other
   apps: pacing starts from the configured quota and follows ``X-Rate-Limit`` and
   ``X-Rate-Limit-Remaining`` from the first answer on.
@@ -28,15 +30,17 @@ from opcore_hooks import (
     Helpdesk,
     HelpdeskError,
     Host,
+    Note,
     Pacing,
     RateLimited,
     Refused,
     Transient,
     classify_http,
 )
+from opcore_hooks.summary import note_text
 
 from . import stores, tickets
-from .client import UnreadableAnswer, ZendeskClient
+from .client import MAX_COMMENT_PAGES, UnreadableAnswer, ZendeskClient
 from .settings import ZendeskSettings
 from .stores import StoreConfig
 
@@ -101,6 +105,18 @@ class Zendesk(Helpdesk[StoreConfig]):
 
     def finish_ticket(self, call: Call[StoreConfig], ticket_id: str) -> None:
         self._send(call, lambda c: c.update_ticket(ticket_id, {"status": "pending"}))
+
+    # -- the note mirror -------------------------------------------------------------------
+    def add_note(self, call: Call[StoreConfig], ticket_id: str, note: Note) -> None:
+        """``PUT /api/v2/tickets/{id}`` with a private comment; plain text, as Zendesk shows a ``body``."""
+        body = note_text(note)
+        self._send(call, lambda c: c.add_note(ticket_id, body))
+
+    def find_note(self, call: Call[StoreConfig], ticket_id: str, note: Note) -> bool:
+        """List Comments, newest first, for the note's ref: at most ``MAX_COMMENT_PAGES`` pages of 100,
+        each read only if the ones before lack it. A note behind more than that many newer comments
+        is not seen: it is written again (a duplicate note, never a lost one)."""
+        return self._send(call, lambda c: tickets.has_note(c.comments(ticket_id, pages=MAX_COMMENT_PAGES), note.ref))
 
     def client(self, call: Call[Any], store: StoreConfig) -> ZendeskClient:
         """A client with ``store``'s credentials (a settings check passes the ones being saved)."""

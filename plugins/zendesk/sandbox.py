@@ -4,13 +4,17 @@ From ``shared/reference/zendesk-api.md``: accounts by subdomain (the path's firs
 ``OPCORE_ZENDESK_API_URL=http://127.0.0.1:8710/{subdomain}``), HTTP Basic
 ``{email}/token:{token}``, groups, ticket creation with ``Idempotency-Key`` (the same key and
 body give the first ticket back with ``x-idempotency-lookup: hit``; another body is a 400),
-lookup by ``external_id``, updates (a comment without ``public`` is public), and a budget per
-account per minute shared with the account's other apps: every answer carries ``X-Rate-Limit``
-and ``X-Rate-Limit-Remaining``, and past the budget a 429 with ``Retry-After``. Faults on
-demand: 500s, dropped connections after the work was done, and the other apps' share.
+lookup by ``external_id``, updates (a comment without ``public`` is public; an update of a ticket
+that does not exist is a 404, and counted), List Comments (``GET .../tickets/{id}/comments``,
+pages of at most 100, ``sort_order``), and a budget per account per minute shared with the
+account's other apps: every answer carries ``X-Rate-Limit`` and ``X-Rate-Limit-Remaining``, and
+past the budget a 429 with ``Retry-After``. Faults on demand: 500s, dropped connections after
+the work was done, and the other apps' share.
 
 Control API: ``POST /_sandbox/accounts``, ``PUT /_sandbox/config``, ``GET /_sandbox/requests``,
-``GET /_sandbox/tickets``. Every request is recorded, the token never.
+``GET /_sandbox/tickets`` (each ticket's ``notes``, the comments after its first, with their
+visibility; per account the public ones and the writes to unknown tickets). Every request is
+recorded, the token never.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import base64
 import hashlib
 import json
 import math
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from html import escape
 from typing import Any, Callable
 
 import uvicorn
@@ -31,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opcore_hooks.serving import DroppedResponse, ForegroundServer, StandInState, ThreadedServer, hide_drops
+from opcore_hooks.serving import DroppedResponse, ForegroundServer, StandInState, ThreadedServer, hide_drops, with_notes
 
 WINDOW = 60.0
 IDEMPOTENCY_SECONDS = 2 * 3600
@@ -60,6 +67,15 @@ class Account:
     keys: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # key -> (body hash, ticket, at)
     window: deque[float] = field(default_factory=deque)  # our requests in the last minute
     next_id: int = 1
+    next_comment_id: int = 1
+    #: Updates (a note, a status) naming a ticket this account does not hold, each answered 404.
+    unknown_writes: int = 0
+
+    def comment(self, comment: dict[str, Any], now: float) -> dict[str, Any]:
+        """As Zendesk stores it: a comment sent without ``public`` is public."""
+        comment_id, self.next_comment_id = self.next_comment_id, self.next_comment_id + 1
+        return {"id": comment_id, "body": comment.get("body") or comment.get("html_body") or "",
+                "html": "html_body" in comment, "public": comment.get("public", True), "at": now}
 
 
 class SandboxState(StandInState[SandboxConfig]):
@@ -93,6 +109,15 @@ class SandboxState(StandInState[SandboxConfig]):
         with self.lock:
             return list(self.requests)
 
+    def view_tickets(self) -> dict[str, Any]:
+        """What GET /_sandbox/tickets shows: per account its tickets, each with its ``notes`` (the
+        comments after the first; ``serving.with_notes``), the count of public comments written
+        after creation and of updates to tickets it does not hold."""
+        with self.lock:
+            return {"accounts": [{"subdomain": a.subdomain,
+                                  **with_notes(((t, 1) for t in a.tickets.values()), "at", a.unknown_writes)}
+                                 for a in self.accounts.values()]}
+
     # Called with the lock held: the budget left, or the seconds until there is some.
     def _spend(self, account: Account, now: float) -> tuple[int, float | None]:
         window = self.config.window
@@ -121,10 +146,33 @@ def _body_hash(raw: bytes) -> str:
     return hashlib.sha256(json.dumps(json.loads(raw or b"null"), sort_keys=True).encode()).hexdigest()
 
 
-def _comment(comment: dict[str, Any], now: float) -> dict[str, Any]:
-    """As Zendesk stores it: a comment sent without ``public`` is public."""
-    return {"body": comment.get("body") or comment.get("html_body") or "", "html": "html_body" in comment,
-            "public": comment.get("public", True), "at": now}
+def _listed(comment: dict[str, Any]) -> dict[str, Any]:
+    """A stored comment as List Comments answers it: ``body`` as sent, ``html_body`` rendered
+    (a plain body escaped), ``plain_body`` without markup."""
+    text = comment["body"]
+    html = text if comment["html"] else "<p>" + escape(text).replace("\n", "<br>") + "</p>"
+    plain = re.sub(r"<[^>]*>", "", text) if comment["html"] else text
+    when = datetime.fromtimestamp(comment["at"], timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"id": comment["id"], "type": "Comment", "body": text, "html_body": html, "plain_body": plain,
+            "public": comment["public"], "created_at": when}
+
+
+def _list_comments(request: Request, ticket: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """List Comments: ``sort_order`` asc (the default) or desc, offset pages of ``per_page`` (at most
+    100, the default), ``next_page`` an absolute URL while more remain."""
+    query = request.query_params
+    try:
+        per_page, page = min(100, max(1, int(query.get("per_page", 100)))), max(1, int(query.get("page", 1)))
+    except ValueError:
+        return 400, {"error": "InvalidPaginationParameter"}, {}
+    if query.get("sort_order", "asc") not in ("asc", "desc"):
+        return 400, {"error": "InvalidValue", "description": "sort_order must be asc or desc"}, {}
+    ordered = ticket["comments"][::-1] if query.get("sort_order") == "desc" else ticket["comments"]
+    shown = ordered[(page - 1) * per_page:page * per_page]
+    following = request.url.include_query_params(page=page + 1, per_page=per_page)
+    return 200, {"comments": [_listed(c) for c in shown], "count": len(ordered),
+                 "next_page": str(following) if page * per_page < len(ordered) else None,
+                 "previous_page": str(request.url.include_query_params(page=page - 1)) if page > 1 else None}, {}
 
 
 def _json(raw: bytes) -> Any:
@@ -154,7 +202,7 @@ def _handle(state: SandboxState, account: Account, request: Request, raw: bytes,
         account.tickets[ticket_id] = {
             "id": ticket_id, "status": "new", "subject": ticket.get("subject"), "external_id": ticket.get("external_id"),
             "requester": ticket.get("requester"), "group_id": ticket.get("group_id"), "tags": ticket.get("tags", []),
-            "comments": [_comment(ticket["comment"], now)], "created_at": now}
+            "comments": [account.comment(ticket["comment"], now)], "created_at": now}
         if key:
             account.keys[key] = (digest, ticket_id, now)
         return 201, {"ticket": account.tickets[ticket_id]}, {"x-idempotency-lookup": "miss"} if key else {}
@@ -162,10 +210,15 @@ def _handle(state: SandboxState, account: Account, request: Request, raw: bytes,
         wanted = request.query_params.get("external_id")
         return 200, {"tickets": [t for t in account.tickets.values() if t["external_id"] == wanted]}, {}
     if path.startswith("tickets/") and method in ("GET", "PUT"):
-        ticket_id = path.removeprefix("tickets/")
+        ticket_id, _, sub = path.removeprefix("tickets/").partition("/")
         found = account.tickets.get(int(ticket_id)) if ticket_id.isdigit() else None
+        if sub and (sub != "comments" or method != "GET"):
+            return 404, {"error": "InvalidEndpoint"}, {}
         if found is None:
+            account.unknown_writes += method == "PUT"
             return 404, {"error": "RecordNotFound"}, {}
+        if sub:
+            return _list_comments(request, found)
         if method == "PUT":
             changes = body.get("ticket") if isinstance(body, dict) else None
             if not isinstance(changes, dict):
@@ -173,7 +226,7 @@ def _handle(state: SandboxState, account: Account, request: Request, raw: bytes,
             if "status" in changes:
                 found["status"] = changes["status"]
             if isinstance(changes.get("comment"), dict):
-                found["comments"].append(_comment(changes["comment"], now))
+                found["comments"].append(account.comment(changes["comment"], now))
         return 200, {"ticket": found}, {}
     return 404, {"error": "InvalidEndpoint"}, {}
 
@@ -224,10 +277,7 @@ async def _requests(request: Request) -> Response:
 
 
 async def _tickets(request: Request) -> Response:
-    state: SandboxState = request.app.state.sandbox
-    with state.lock:
-        return JSONResponse({"accounts": [{"subdomain": a.subdomain, "tickets": list(a.tickets.values())}
-                                          for a in state.accounts.values()]})
+    return JSONResponse(request.app.state.sandbox.view_tickets())
 
 
 def create_sandbox(config: SandboxConfig | None = None) -> Starlette:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Iterable
 
 from opcore_hooks import ClaimCreated
 from opcore_hooks.summary import subject, summary_text
@@ -46,3 +46,11 @@ def idempotency_key(store_id: str, claim_id: str) -> str:
     """Stable for the claim across every retry and worker, and a valid header whatever the ids hold."""
     digest = hashlib.sha256(json.dumps([store_id, claim_id]).encode()).hexdigest()[:40]
     return f"opcore-{digest}"
+
+
+def has_note(comments: Iterable[Any], ref: str) -> bool:
+    """Whether one of ``comments`` (List Comments' objects) is the note whose reference is ``ref``
+    (``Note.ref``: letters, digits and '-', the same in ``body``, ``plain_body`` and ``html_body``).
+    Stops at the first match, so no further page is read."""
+    fields = ("body", "plain_body", "html_body")
+    return any(isinstance(c, dict) and any(ref in str(c.get(name) or "") for name in fields) for c in comments)

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import vcr
 
-from opcore_hooks.testing import claim_created
+from opcore_hooks.testing import claim_created, claim_note
 from opcore_hooks.events import ClaimCreated
+from opcore_hooks.summary import note_html
 from plugins.richpanel.client import AuthError, RateLimited, RichpanelClient
-from plugins.richpanel.tickets import build_ticket
+from plugins.richpanel.tickets import build_ticket, has_note
 
 CASSETTES = Path(__file__).resolve().parents[2] / "cassettes" / "richpanel"
 RECORDING = os.environ.get("OPCORE_CASSETTES_RECORD") == "1"
@@ -51,6 +52,21 @@ def api():
     yield "https://api.richpanel.com", "rp_replay_placeholder_key", "rp_invalid_key_for_cassettes"
 
 
+@pytest.fixture(scope="module")
+def notes_api(api):
+    """(base_url, key) for the notes cassette: recording locally, a sandbox of its own, whose quota
+    the other cassettes (the rate-limit one spends it all) have not touched."""
+    base, key, _ = api
+    if RECORDING and not REAL_API:
+        from plugins.richpanel.sandbox import SandboxConfig, run_in_thread
+
+        with run_in_thread(SandboxConfig(quota=50, window=30)) as server:
+            server.state.add_account(key)
+            yield server.url, key
+        return
+    yield base, key
+
+
 def ticket() -> dict:
     event = claim_created(claim_id="cassette-claim-1", claim_number="OP-4242")
     return build_ticket(ClaimCreated.model_validate(event["body"]), "https://app.orderprotection.com/claims/view/cassette-claim-1")
@@ -67,6 +83,17 @@ def test_the_ticket_lifecycle_replays(api):
         assert ticket_id in [t["id"] for t in found]
         client.snooze_ticket(ticket_id)
         assert client.last_rate_limit is not None
+
+
+def test_a_private_note_and_its_lookup_replay(notes_api):
+    base, key = notes_api
+    note = claim_note("opcore-note-cassette01", "Where is my parcel?", claim_id="cassette-claim-1",
+                      claim_url="https://app.orderprotection.com/claims/view/cassette-claim-1")
+    with recorder.use_cassette("notes.yaml"), RichpanelClient(base, key) as client:
+        ticket_id = client.create_ticket(ticket())
+        client.add_note(ticket_id, note_html(note))  # replayed only if sent private, by an operator, as recorded
+        found = client.get_ticket(ticket_id)
+        assert has_note(found, note.ref) and not has_note(found, "opcore-note-absent")
 
 
 def test_a_rejected_key_replays_as_auth_error(api):

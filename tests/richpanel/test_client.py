@@ -192,6 +192,30 @@ def test_snooze_sends_zero():
     assert seen == [("PUT", "/v1/tickets/t%201/snooze", {"snoozed_till": "0"})]
 
 
+def test_a_note_is_an_operators_private_comment_on_the_escaped_ticket():
+    seen = []
+
+    def handler(request):
+        seen.append((request.method, request.url.raw_path.decode(), json.loads(request.content)))
+        return httpx.Response(200, json={"ticket": {"id": "t 1/../x"}})
+
+    assert scripted(handler).add_note("t 1/../x", "<p>Where is my parcel?</p>") is None
+    assert seen == [("PUT", "/v1/tickets/t%201%2F..%2Fx", {"ticket": {"comment": {
+        "body": "<p>Where is my parcel?</p>", "public": False, "sender_type": "operator"}}})]
+
+
+@pytest.mark.parametrize(("status", "kind"), [(404, ClientError), (429, RateLimited), (492, RateLimited),
+                                              (500, ServerError)])
+def test_a_refused_note_raises_the_typed_error_naming_the_route_only(status, kind):
+    client = scripted(answer(status, {"error": "nope"}, {"Retry-After": "4"}))
+    with pytest.raises(kind) as caught:
+        client.add_note("ana@example.com", "<p>hi</p>")
+    assert caught.value.status == status
+    assert "PUT /v1/tickets/{id}" in str(caught.value) and "ana@example.com" not in str(caught.value)
+    if kind is RateLimited:
+        assert caught.value.retry_after == 4.0
+
+
 def test_list_teams_returns_models():
     body = {"team": [{"id": "6f1c1f1e-1111-4a4a-9b9b-000000000001", "name": "Claims", "extra": 1}]}
     teams = scripted(answer(200, body)).list_teams()

@@ -268,3 +268,77 @@ def test_quota_holds_under_concurrent_requests():
         assert server.state.rate_limited[KEY] == 10
         view = json.loads(http.get(f"{server.url}/_sandbox/tickets").text)
         assert view["accounts"][0]["rate_limited"] == 10
+
+
+# -- notes: comments written on an existing ticket --------------------------------------------
+
+def note(body: str = "<p>Where is my parcel?</p>", **fields) -> dict:
+    return {"ticket": {"comment": {"body": body, "public": False, "sender_type": "operator", **fields}}}
+
+
+def view(http) -> dict:
+    return http.get("/_sandbox/tickets").json()["accounts"][0]
+
+
+def test_notes_are_kept_in_order_with_their_visibility_and_public_ones_are_counted(make):
+    _, http, client = make()
+    key = {"x-richpanel-key": KEY}
+    ticket_id = client.create_ticket(ticket())
+    client.add_note(ticket_id, "<p>first</p>")
+    http.put(f"/v1/tickets/{ticket_id}", json={"ticket": {"comment": {"body": "no public flag",
+                                                                      "sender_type": "operator"}}}, headers=key)
+    http.put(f"/v1/tickets/{ticket_id}", json=note("a customer's", sender_type="customer"), headers=key)
+    client.add_note(ticket_id, "<p>last</p>")
+    bodies = [c["body"] for c in client.get_ticket(ticket_id)["comments"]]
+    assert bodies == ["Order #1001", "<p>first</p>", "no public flag", "a customer's", "<p>last</p>"]
+    account = view(http)
+    notes = account["tickets"][0]["notes"]
+    assert [(n["position"], n["public"], n["body"]) for n in notes] == [
+        (1, False, "<p>first</p>"), (2, True, "no public flag"), (3, True, "a customer's"), (4, False, "<p>last</p>")]
+    assert all(n["created_at"] for n in notes)
+    assert account["public_comments_after_creation"] == 2  # the creation comment is not one of them
+    assert account["writes_to_unknown_tickets"] == 0
+
+
+def test_a_write_to_an_unknown_ticket_is_404_writes_nothing_and_is_counted(make):
+    _, http, client = make()
+    ticket_id = client.create_ticket(ticket())
+    for write in (lambda: client.add_note("missing", "<p>early</p>"), lambda: client.snooze_ticket("missing")):
+        with pytest.raises(ClientError) as caught:
+            write()
+        assert caught.value.status == 404
+    account = view(http)
+    assert account["writes_to_unknown_tickets"] == 2
+    assert [t["id"] for t in account["tickets"]] == [ticket_id] and account["tickets"][0]["notes"] == []
+    assert http.get("/v1/tickets/missing", headers={"x-richpanel-key": KEY}).status_code == 404
+    assert view(http)["writes_to_unknown_tickets"] == 2  # a read is not a write
+
+
+def test_notes_count_against_the_quota_and_a_limited_note_is_a_429_with_retry_after(make):
+    state, http, client = make(quota=3, window=5.0)
+    ticket_id = client.create_ticket(ticket())
+    client.add_note(ticket_id, "<p>one</p>")
+    assert client.last_rate_limit.remaining == 1
+    client.get_ticket(ticket_id)
+    with pytest.raises(RateLimited) as caught:
+        client.add_note(ticket_id, "<p>two</p>")
+    assert caught.value.status == 429 and 1 <= caught.value.retry_after <= 5
+    answer = http.put(f"/v1/tickets/{ticket_id}", json=note(), headers={"x-richpanel-key": KEY})
+    assert answer.status_code == 429 and answer.headers["Retry-After"].isdigit()
+    assert [n["body"] for n in view(http)["tickets"][0]["notes"]] == ["<p>one</p>"]
+    assert state.rate_limited[KEY] == 2
+
+
+def test_injected_faults_reach_notes_and_their_lookups(make):
+    state, http, client = make()
+    ticket_id = client.create_ticket(ticket())
+    state.update_config(error_rate=1.0)
+    with pytest.raises(ServerError):
+        client.add_note(ticket_id, "<p>failed</p>")
+    with pytest.raises(ServerError):
+        client.get_ticket(ticket_id)
+    state.update_config(error_rate=0.0, drop_rate=1.0)
+    with pytest.raises(TransportError):
+        client.add_note(ticket_id, "<p>answer lost</p>")
+    state.update_config(drop_rate=0.0)
+    assert [n["body"] for n in view(http)["tickets"][0]["notes"]] == ["<p>answer lost</p>"]  # written all the same

@@ -18,9 +18,10 @@ import pytest
 import vcr
 
 from opcore_hooks import ClaimCreated
-from opcore_hooks.testing import claim_created
+from opcore_hooks.summary import note_text
+from opcore_hooks.testing import claim_created, claim_note
 from plugins.zendesk.client import ZendeskClient
-from plugins.zendesk.tickets import build_ticket, idempotency_key
+from plugins.zendesk.tickets import build_ticket, has_note, idempotency_key
 
 CASSETTES = Path(__file__).resolve().parents[2] / "cassettes" / "zendesk"
 RECORDING = os.environ.get("OPCORE_CASSETTES_RECORD") == "1"
@@ -48,6 +49,20 @@ def base():
         yield server.url + "/acme"
 
 
+@pytest.fixture(scope="module")
+def notes_base(base):
+    """The notes cassette's account: recording, one of its own, whose budget the other cassettes
+    (the rate-limit one spends it all) have not touched."""
+    if not RECORDING:
+        yield base
+        return
+    from plugins.zendesk.sandbox import SandboxConfig, run_in_thread
+
+    with run_in_thread(SandboxConfig(window=30)) as server:
+        server.state.add_account("acme", EMAIL, TOKEN, plan=5, groups=[{"id": GROUP, "name": "Claims"}])
+        yield server.url + "/acme"
+
+
 def client(base: str, token: str = TOKEN) -> ZendeskClient:
     return ZendeskClient(base, EMAIL, token, http=httpx.Client(timeout=5))
 
@@ -65,6 +80,20 @@ def test_the_ticket_lifecycle_replays(base):
         assert [str(t["id"]) for t in zendesk.find_by_external_id("cassette-claim-1")] == [ticket_id]
         zendesk.update_ticket(ticket_id, {"status": "pending"})
     assert seen and seen[0].limit == 5
+
+
+def test_a_private_note_and_its_lookup_replay(notes_base):
+    note = claim_note("opcore-note-cassette01", "Where is my parcel?", claim_id="cassette-claim-1",
+                      claim_url="https://app.orderprotection.com/claims/view/cassette-claim-1")
+    zendesk = client(notes_base)
+    with recorder.use_cassette("notes.yaml"):
+        claim = ClaimCreated.model_validate(claim_created(claim_id="cassette-claim-1")["body"])
+        body = build_ticket(claim, "https://app.orderprotection.com/claims/view/cassette-claim-1", group_id=GROUP)
+        ticket_id = zendesk.create_ticket(body, idempotency_key("store_123", claim.claim_id))
+        zendesk.add_note(ticket_id, note_text(note))  # replayed only if sent private, as recorded
+        comments = list(zendesk.comments(ticket_id))
+    assert [c["public"] for c in comments] == [False, False]  # the note, then the ticket's first comment
+    assert has_note(comments, note.ref) and not has_note(comments, "opcore-note-absent")
 
 
 def test_a_rejected_token_and_a_rate_limit_replay_as_http_errors(base):
