@@ -31,6 +31,7 @@ _SNOOZE_PREFIX, _SNOOZE_SUFFIX = "/v1/tickets/", "/snooze"
 _SNOOZE = "PUT /v1/tickets/{id}/snooze"
 #: What opcore may send to Richpanel; any other request that is not a GET is an unexpected write.
 _EXPECTED = {"POST /v1/tickets", _SNOOZE, "GET /v1/tickets/email/{email}", "GET /v1/teams"}
+_NOTE = "PUT /v1/tickets/{id}"  # expected only as a private operator comment (the note mirror)
 
 Tickets = dict[str, list[tuple[str, dict[str, Any]]]]  # claim id -> [(store, ticket)]
 
@@ -159,6 +160,8 @@ def _judge_requests(requests: list[dict[str, Any]], created_at: dict[str, float]
             ticket_id = path[len(_SNOOZE_PREFIX):-len(_SNOOZE_SUFFIX)]
             if ticket_id not in created_at or req["time"] < created_at[ticket_id]:
                 before += 1
+        elif kind == _NOTE:  # judged when it acted (answered 200, or dropped after acting)
+            unexpected_writes += status in (200, None) and not _private_note(req.get("body"), operator=True)
         elif kind not in _EXPECTED and method != "GET":
             unexpected_writes += 1
         kinds[kind] = kinds.get(kind, 0) + 1
@@ -176,7 +179,17 @@ def _request_kind(method: str, path: str) -> str:
         return "GET /v1/tickets/email/{email}"
     if method == "GET" and path == "/v1/teams":
         return "GET /v1/teams"
+    if path.startswith("/v1/tickets/") and path.count("/") == 3 and method in ("PUT", "GET"):
+        return _NOTE if method == "PUT" else "GET /v1/tickets/{id}"
     return f"{method} {path}"
+
+
+def _private_note(body: Any, *, operator: bool) -> bool:
+    """Whether a ticket update's body is exactly a private note (and, for Richpanel, an operator's)."""
+    ticket = body.get("ticket") if isinstance(body, dict) else None
+    comment = ticket.get("comment") if isinstance(ticket, dict) and list(ticket) == ["comment"] else None
+    return (isinstance(comment, dict) and comment.get("public") is False
+            and (not operator or comment.get("sender_type") == "operator"))
 
 
 # -- the Zendesk sandbox: tickets, pending, private comments, requests -------------------------
@@ -193,6 +206,8 @@ def _zendesk_kind(method: str, path: str) -> str:
         return "GET /api/v2/groups"
     if method == "PUT" and rest.startswith("tickets/"):
         return "PUT /api/v2/tickets/{id}"
+    if method == "GET" and rest.startswith("tickets/") and rest.endswith("/comments"):
+        return "GET /api/v2/tickets/{id}/comments"
     return f"{method} {path}"
 
 
@@ -227,11 +242,59 @@ def verify_zendesk(control: httpx.Client, claims: list[Claim], subdomain_of: dic
         kind = _zendesk_kind(req["method"], req["path"])
         result.zendesk_requests[kind] = result.zendesk_requests.get(kind, 0) + 1
         if req["method"] != "GET" and (kind not in _ZD_WRITES or (
-                kind.startswith("PUT") and req.get("body") != {"ticket": {"status": "pending"}})):
+                kind.startswith("PUT") and req.get("body") != {"ticket": {"status": "pending"}}
+                and not _private_note(req.get("body"), operator=False))):
             result.zd_unexpected_writes += 1
         outcome = "dropped" if req.get("dropped") else str(req.get("status"))
         if outcome in ("dropped", "500", "429"):
             result.zd_injected[outcome] = result.zd_injected.get(outcome, 0) + 1
+
+
+# -- the note mirror, judged from both stand-ins ------------------------------------------------
+
+def judge_notes(rp_control: httpx.Client, zd_control: httpx.Client, claims: list[Claim], mirror_of: dict[str, bool],
+                api_keys: dict[str, str], subdomain_of: dict[str, str], accepted_at: dict[str, float],
+                result: ChaosResult) -> None:
+    """Every message of a mirroring store is one private note on its claim's ticket, in order where
+    its messages reached opcore within 2 s of each other (judged at 1.5 s, the rest being the
+    sender's own latency); no note anywhere else; nothing written to a ticket that did not exist."""
+    rp = rp_control.get("/_sandbox/tickets").json()["accounts"]
+    zd = zd_control.get("/_sandbox/tickets").json()["accounts"]
+    rp_by, _, _ = _tickets_by_claim(rp, [c for c in claims if c.store_id in api_keys], api_keys)
+    store_of = {sub: store for store, sub in subdomain_of.items()}
+    zd_by: dict[str, list[dict[str, Any]]] = {}
+    by_id = {c.claim_id: c for c in claims}
+    for account in zd:
+        for ticket in account["tickets"]:
+            claim = by_id.get(ticket.get("external_id") or "")
+            if claim is not None and claim.store_id == store_of.get(account["subdomain"]):
+                zd_by.setdefault(claim.claim_id, []).append(ticket)
+    for account in rp + zd:
+        result.notes_public += account.get("public_comments_after_creation", 0)
+        result.writes_before_ticket += account.get("writes_to_unknown_tickets", 0)
+    for c in claims:
+        richpanel = c.store_id in api_keys
+        tickets = [t for _, t in rp_by.get(c.claim_id, [])] if richpanel else zd_by.get(c.claim_id, [])
+        notes = [n for t in tickets for n in t.get("notes", [])]
+        expected = c.messages if mirror_of[c.store_id] else []
+        tokens = [c.message_token(m["body"]["message_id"]) for m in expected]
+        result.notes_expected += len(expected)
+        result.notes_written += len(notes)
+        positions: list[int | None] = []
+        for token in tokens:
+            found = [k for k, note in enumerate(notes) if token in note["body"]]
+            result.notes_missing += not found
+            result.notes_duplicated += len(found) > 1
+            positions.append(found[0] if found else None)
+        result.notes_unexpected += sum(1 for n in notes if not any(t in n["body"] for t in tokens))
+        if richpanel:  # Richpanel renders a note's HTML: the message's own markup must be escaped
+            result.notes_unescaped += sum("<i>" in n["body"] for n in notes)
+        for a in range(len(expected)):
+            for b in range(a + 1, len(expected)):
+                ta, tb = accepted_at.get(expected[a]["id"]), accepted_at.get(expected[b]["id"])
+                pa, pb = positions[a], positions[b]
+                if ta and tb and abs(ta - tb) <= 1.5 and pa is not None and pb is not None and pa > pb:
+                    result.notes_out_of_order += 1
 
 
 # -- Redis: what must be absent -------------------------------------------------------------

@@ -33,6 +33,13 @@ class Claim:
     changes: list[tuple[float, dict[str, Any]]]  # (offset in seconds from the creation, event)
     final_state: str
     finished: bool
+    #: The claim's message.created events, in created_at order (the order their notes must have
+    #: wherever they reached opcore within 2 s of each other).
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def message_token(self, message_id: str) -> str:
+        """The text that finds a message's note on its ticket (in every rendering)."""
+        return f"msg-{self.claim_id}-{message_id}"
 
 
 @dataclass(order=True)
@@ -81,8 +88,34 @@ def build_plan(n: int, stores: list[str], rng: random.Random, run_id: str, rate:
             final, changes = _other_change(store, claim_id, t0 + at, rng)
         claims.append(Claim(claim_id, store, email, created, changes, final, finished))
         _schedule(sends, at, claim_id, [(0.0, created), *changes], rng)
+    # Messages draw from their own generator, seeded from the plan's, so that the claims and
+    # events a seed gave before messages existed are still the ones it gives.
+    mrng = random.Random(rng.random())
+    for i, claim in enumerate(claims):
+        if mrng.random() < 0.4:
+            _schedule(sends, i / rate, claim.claim_id, _messages(claim, t0 + i / rate, mrng), mrng)
     sends.sort()
     return claims, sends
+
+
+def _messages(claim: Claim, when: float, rng: random.Random) -> list[tuple[float, dict[str, Any]]]:
+    """One to three messages of the claim's conversation, written 20 s apart, sent within 1.5 s
+    of each other in any order (so their notes must be put in order), one in ten before the claim.
+    Their text holds markup, which a note must show as text."""
+    count = rng.randint(1, 3)
+    start = rng.uniform(-0.5, 0.0) if rng.random() < 0.1 else rng.uniform(0.1, 2.0)
+    out = []
+    for j in range(count):
+        message_id = f"m{j}"
+        event = {"id": str(uuid.uuid4()), "topic": rng.choice(("message.created", "message/created")),
+                 "created_at": iso(when + 1), "body": {
+                     "store_id": claim.store_id, "claim_id": claim.claim_id, "message_id": message_id,
+                     "message": f"{claim.message_token(message_id)} <i>where is my parcel?</i> & thanks",
+                     "sender_type": rng.choice(("customer", "brand", "op")), "author_name": "Cust Chaos",
+                     "created_at": iso(when - 60 + 20 * j)}}
+        claim.messages.append(event)
+        out.append((start + rng.uniform(0.0, 1.5), event))
+    return out
 
 
 def _schedule(sends: list[Send], at: float, claim_id: str, events: list[tuple[float, dict[str, Any]]],

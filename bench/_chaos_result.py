@@ -65,6 +65,16 @@ class ChaosResult:
     zendesk_requests: dict[str, int] = field(default_factory=dict)
     zendesk_stats: dict[str, int] = field(default_factory=dict)
     zd_ticket_seconds: dict[str, float] = field(default_factory=dict)
+    # the note mirror (on for half the stores), judged from both stand-ins
+    notes_expected: int = 0  # messages of claims whose store mirrors them
+    notes_written: int = 0
+    notes_missing: int = 0
+    notes_duplicated: int = 0
+    notes_unexpected: int = 0  # notes for no message, or on a store with the mirror off
+    notes_public: int = 0  # public comments written after a ticket's creation
+    notes_out_of_order: int = 0  # pairs of messages that reached opcore within 1.5 s, noted out of order
+    notes_unescaped: int = 0  # Richpanel notes showing a message's markup unescaped
+    writes_before_ticket: int = 0  # writes to a ticket the helpdesk did not hold
     # /metrics as the one web process answered it, against what the stand-ins hold
     metrics_tickets: dict[str, int] = field(default_factory=dict)  # plugin -> create done + adopted
     metrics_out_of_step: int = 0  # helpdesks whose /metrics ticket count differs from the stand-in's
@@ -105,6 +115,13 @@ class ChaosResult:
             "public comments in Zendesk": self.zd_public_comments,
             "unexpected writes to Zendesk": self.zd_unexpected_writes,
             "helpdesks whose /metrics ticket count is not the stand-in's": self.metrics_out_of_step,
+            "messages without their note": self.notes_missing,
+            "messages noted more than once": self.notes_duplicated,
+            "notes for no message or on a store with the mirror off": self.notes_unexpected,
+            "public comments after a ticket's creation": self.notes_public,
+            "notes out of created_at order": self.notes_out_of_order,
+            "notes with unescaped markup": self.notes_unescaped,
+            "writes to tickets not yet created": self.writes_before_ticket,
         }
         found = [f"{name}: {count}" for name, count in checks.items() if count]
         if not self.settled:
@@ -121,7 +138,8 @@ class ChaosResult:
 
     def report(self) -> str:
         """The figures as the text the CLI prints and the CI log keeps, ending with the verdict."""
-        lines = self._delivery_lines() + self._zendesk_lines() + self._fault_lines() + self._timing_lines()
+        lines = (self._delivery_lines() + self._zendesk_lines() + self._note_lines() + self._fault_lines()
+                 + self._timing_lines())
         lines += [f"note: {n}" for n in self.notes]
         lines.append("RESULT: " + ("PASS" if self.ok else "FAIL: " + "; ".join(self.failures)))
         return "\n".join(lines)
@@ -140,6 +158,14 @@ class ChaosResult:
             f"Dramatiq DLQ: {self.dramatiq_dead}   parked: {self.parked}   left in queues: {self.left_in_queues}",
         ]
         return lines + [f"  dead letter {d['id']}: {d['reason']}" for d in self.dead_letters]
+
+    def _note_lines(self) -> list[str]:
+        if not (self.notes_expected or self.notes_written):
+            return []
+        return [f"notes (mirror on for half the stores): expected {self.notes_expected}, written {self.notes_written}   "
+                f"missing {self.notes_missing}   duplicated {self.notes_duplicated}   unexpected {self.notes_unexpected}"
+                f"   public {self.notes_public}   out of order {self.notes_out_of_order}   unescaped "
+                f"{self.notes_unescaped}   writes before the ticket {self.writes_before_ticket}"]
 
     def _zendesk_lines(self) -> list[str]:
         if not (self.zd_tickets or self.zd_missing):

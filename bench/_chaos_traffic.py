@@ -58,6 +58,7 @@ class Sender:
         self.sent_claims: list[Claim] = []  # claims whose creation is out, accepted or not
         self.ingress_latency: list[float] = []
         self.accepted_at: dict[str, float] = {}  # claim id -> wall time its creation was first accepted
+        self.event_accepted_at: dict[str, float] = {}  # event id -> wall time it was first accepted (202)
         self.delivered = Counter()  # "done": deliveries finished, accepted or given up
         self.done = threading.Event()
 
@@ -103,6 +104,8 @@ class Sender:
         if answer.status_code in (200, 202):
             if answer.status_code == 202:
                 self.counter.add("accepted")
+                with self.lock:
+                    self.event_accepted_at.setdefault(item.event["id"], time.time())
             else:
                 self.counter.add("duplicate" if answer.json().get("status") == "duplicate" else "ignored")
             with self.lock:

@@ -14,7 +14,9 @@ Everything runs as real processes on loopback, as in production:
 The harness configures S stores, half of them on Zendesk (one account each), and provisions their widgets
 through the internal API, then sends N claims as Order Protection would: half of them approved
 or resolved within a second of their creation (a few even before it), some changed to a state
-that must not snooze, about one event in ten delivered twice. The sender retries on 503 and on
+that must not snooze, about one event in ten delivered twice. Four claims in ten get one to three
+messages of their conversation (message.created, sent within 1.5 s of each other in any order, a
+few before the claim), and the note mirror is on for half the stores of each helpdesk. The sender retries on 503 and on
 connection errors, as Order Protection redelivers. Meanwhile a random worker is SIGKILLed every
 few seconds and restarted, and Redis is SIGKILLed once, when half the events are out, and
 restarted on the same port from its AOF. A widget reader loads panels throughout, half through
@@ -23,8 +25,11 @@ each store's iframe URL and half signed (and forged, tampered or unsigned ones, 
 When the faults stop, the run waits for the system to settle on its own, then judges it from
 what each sandbox received (not from opcore's bookkeeping): every claim has exactly one ticket in
 its store's account, every approved or resolved claim is snoozed (Richpanel) or pending (Zendesk)
-after its ticket, no other ticket is, no Zendesk comment is public, nothing but tickets and
-their finishing calls was written, every dead letter has a reason,
+after its ticket, no other ticket is, every message of a mirroring store is one private note on
+its claim's ticket (in created_at order where its messages reached opcore within 1.5 s of each
+other, its markup escaped), no other note exists, no comment after creation is public, nothing
+was written to a ticket before it existed, nothing but tickets, their finishing calls and notes
+was written, every dead letter has a reason,
 nothing is left queued, parked or in Dramatiq's own dead-letter queue, and the stores' API keys
 and widget signing secrets appear in no Redis key or value (nor the AOF), no log, no cassette
 and no HTTP answer (other than the provisioning answer that hands the secret over).
@@ -64,8 +69,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._chaos_faults import Faults  # noqa: E402
-from bench._chaos_judge import (SecretScanner, check_widget_panels, judge_redis, queued_messages,  # noqa: E402
-                                scan_redis, verify_sandbox, verify_zendesk, work_looks_done)
+from bench._chaos_judge import (SecretScanner, check_widget_panels, judge_notes, judge_redis,  # noqa: E402
+                                queued_messages, scan_redis, verify_sandbox, verify_zendesk, work_looks_done)
 from bench._chaos_plan import Claim, Send, build_plan  # noqa: E402
 from bench._chaos_procs import MAINTENANCE_CHANCE, ZENDESK_EMAIL, Cluster, Proc  # noqa: E402
 from bench._chaos_result import ChaosResult, percentiles  # noqa: E402
@@ -131,6 +136,8 @@ class _Run:
         # every other store (claim i goes to store i % S, finished when i is even), so both
         # helpdesks get finished claims and others.
         self.helpdesk_of = {s: ("zendesk" if (i // 2) % 2 else "richpanel") for i, s in enumerate(self.store_ids)}
+        # The note mirror is on for stores 0, 2, 4, ...: half of each helpdesk's stores.
+        self.mirror_of = {s: i % 2 == 0 for i, s in enumerate(self.store_ids)}
         self.api_keys = {s: "rp_chaos_" + secrets.token_urlsafe(24) for s in self.store_ids
                          if self.helpdesk_of[s] == "richpanel"}
         self.subdomain_of = {s: f"chaos-{self.run_id}-{i}" for i, s in enumerate(self.store_ids)
@@ -172,9 +179,11 @@ class _Run:
         """Save the store's settings (retried: the key check meets the sandbox's faults), provision its widget."""
         checked = self.scanner.scan_answer
         if self.helpdesk_of[store] == "zendesk":
-            body = {"subdomain": self.subdomain_of[store], "email": ZENDESK_EMAIL, "api_token": self.zendesk_tokens[store]}
+            body = {"subdomain": self.subdomain_of[store], "email": ZENDESK_EMAIL, "api_token": self.zendesk_tokens[store],
+                    "mirror_messages": self.mirror_of[store]}
         else:
-            body = {"api_key": self.api_keys[store], "default_channel": "email", "enabled": True}
+            body = {"api_key": self.api_keys[store], "default_channel": "email", "enabled": True,
+                    "mirror_messages": self.mirror_of[store]}
         path = f"/internal/integrations/{self.helpdesk_of[store]}/stores/{store}"
         for _ in range(40):
             answer = checked(self.http.put(path, json=body, headers=self.admin), "PUT settings")
@@ -284,6 +293,8 @@ class _Run:
                        accepted_at=self.sender.accepted_at)
         verify_zendesk(self.cluster.zendesk_control, on["zendesk"], self.subdomain_of, result,
                        accepted_at=self.sender.accepted_at)
+        judge_notes(self.cluster.control, self.cluster.zendesk_control, self.claims, self.mirror_of, self.api_keys,
+                    self.subdomain_of, self.sender.event_accepted_at, result)
         result.ingress_seconds = percentiles(self.sender.ingress_latency)
         judge_redis(r, result, self.claims, self.helpdesk_of)
         check_widget_panels(self.http, self.claims, self.signing, self.iframes, result, self.scanner.scan_answer, self.helpdesk_of)

@@ -64,6 +64,11 @@ def test_chaos_run():
     assert result.unexplained_dead_letters == 0 and all(d["reason"].strip() for d in result.dead_letters)
     assert result.dramatiq_dead == 0 and result.parked == 0 and result.left_in_queues == 0
     assert result.records_out_of_step == 0
+    # The note mirror is on for half the stores: each message one private note, in order, after its ticket.
+    assert result.notes_expected > 0 and result.notes_written == result.notes_expected
+    assert result.notes_missing == result.notes_duplicated == result.notes_unexpected == 0
+    assert result.notes_public == result.notes_out_of_order == result.notes_unescaped == 0
+    assert result.writes_before_ticket == 0
     assert result.secret_leaks == []
     assert result.secrets_checked.get("redis keys", 0) > 0 and result.secrets_checked.get("log files", 0) >= 4
     assert result.secrets_checked.get("http answers", 0) > 0

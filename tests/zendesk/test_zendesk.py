@@ -339,3 +339,27 @@ def test_the_zendesk_panel_opens_in_a_plain_iframe_until_the_store_is_deleted(zd
     assert page.status_code == 200 and page.json()["claims"][0]["claim_number"] == "OP-1042"
     assert client.delete(URL, headers=ADMIN).status_code == 200
     assert client.get(url).status_code == 401
+
+
+def test_with_the_mirror_on_messages_become_private_plain_text_notes_in_order_after_the_ticket(zd):
+    from opcore_hooks.testing import message_created
+
+    host, worker, sandbox, client = zd
+    assert client.put(URL, headers=ADMIN, json={"mirror_messages": True}).json()["mirror_messages"] is True
+    sandbox.state.requests.clear()
+    claim = claim_created()
+    cid = claim["body"]["claim_id"]
+    early = message_created(cid, "<b>first</b>", message_id="m1", created_at="2026-11-27T10:01:00Z")
+    late = message_created(cid, "second", message_id="m2", created_at="2026-11-27T10:02:00Z")
+    post(client, late, claim, early, early)  # before the claim, out of order, one twice
+
+    def notes() -> list[dict[str, Any]]:
+        return [n for a in sandbox.state.view_tickets()["accounts"] for t in a["tickets"] for n in t["notes"]]
+
+    settle(host, worker, lambda: len(notes()) >= 2)
+    drain(host, worker)
+    assert [n["public"] for n in notes()] == [False, False]
+    assert "<b>first</b>" in notes()[0]["body"] and "second" in notes()[1]["body"]  # text, shown as written
+    assert writes(sandbox) == [("POST", "tickets"), ("PUT", f"tickets/{sandbox.state.tickets(SUBDOMAIN)[0]['id']}"),
+                               ("PUT", f"tickets/{sandbox.state.tickets(SUBDOMAIN)[0]['id']}")]
+    assert sandbox.state.view_tickets()["accounts"][0]["writes_to_unknown_tickets"] == 0
