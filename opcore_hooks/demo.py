@@ -4,9 +4,12 @@ Everything is real but the helpdesks: the embedded store (fakeredis) under the s
 broker and actors as production, the web app on a socket, the settings API, the ingress. Each
 plugin that offers a demo (``register_demo``: a :class:`DemoHelpdesk`) starts its local stand-in
 and connects a store of its own; the host sends every store its claims, of every type, some
-finished (a few before their creation arrives), some delivered twice, and then asks each
-stand-in what it received. The run exits 0 only when every claim has exactly one ticket in its
-own helpdesk and every finished claim's ticket was finished there.
+finished (a few before their creation arrives), some delivered twice, some with messages of
+their conversation (the stores mirror them as notes), and then asks each stand-in what it
+received. The run exits 0 only when every claim has exactly one ticket in its own helpdesk,
+every finished claim's ticket was finished there, and every message is one private note on its
+claim's ticket, in ``created_at`` order, with nothing public written to any ticket after its
+creation and nothing written to a ticket that does not exist.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import shlex
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import click
@@ -32,7 +36,7 @@ from rich.table import Table
 from .config import Settings
 from .crypto import generate_master_key
 from .events import ClaimType
-from .samples import CLAIM_CREATED
+from .samples import CLAIM_CREATED, MESSAGE_CREATED
 
 CUSTOMERS = [("ana@example.com", "Ana", "Lima"), ("bo@example.com", "Bo", "Chen"),
              ("cleo@example.com", "Cleo", "Okafor"), ("dev@example.com", "Dev", "Patel"),
@@ -50,6 +54,15 @@ class Plan:
     events: list[dict[str, Any]] = field(default_factory=list)
     claims: list[str] = field(default_factory=list)
     finished: set[str] = field(default_factory=set)
+    #: claim id -> the text of each of its messages, in ``created_at`` order (each is distinct)
+    messages: dict[str, list[str]] = field(default_factory=dict)
+
+
+class SeenNote(NamedTuple):
+    """A note on a ticket after its creation, as the stand-in holds it."""
+
+    text: str  # what the agent reads (an HTML note's tags dropped, its entities unescaped)
+    public: bool  # a public comment may have emailed the customer
 
 
 @dataclass
@@ -60,6 +73,9 @@ class Outcome:
     finished: set[str]  # claims whose ticket was finished (snoozed, pending)
     writes: set[str]  # every kind of write it received ("POST /v1/tickets", ...)
     rate_limited: int  # requests it answered with a rate limit
+    notes: dict[str, list[SeenNote]]  # claim id -> the notes on its tickets, in the order written
+    public_comments_after_creation: int  # the stand-in's count (``GET /_sandbox/tickets``)
+    writes_to_unknown_tickets: int  # writes naming a ticket it does not hold (a note before its ticket)
 
 
 class DemoHelpdesk:
@@ -81,6 +97,10 @@ class DemoHelpdesk:
 
     def outcome(self, plan: Plan) -> Outcome:
         raise NotImplementedError
+
+    def tickets_url(self) -> str | None:
+        """Where the stand-in shows its tickets and their notes (``GET /_sandbox/tickets``), if it does."""
+        return None
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -109,25 +129,60 @@ def _change(store_id: str, claim_id: str, state: str) -> dict[str, Any]:
             "body": {"store_id": store_id, "claim_id": claim_id, "claim_state": state}}
 
 
+def _message(created: dict[str, Any], n: int, text: str, sender_type: str, author: str,
+             minutes: int) -> dict[str, Any]:
+    """The claim's ``n``th message, dated ``minutes`` after the claim."""
+    claim = created["body"]
+    at = (datetime.fromisoformat(claim["created_at"]) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = dict(MESSAGE_CREATED["body"])
+    body.update(store_id=claim["store_id"], claim_id=claim["claim_id"], message_id=f"{claim['claim_id']}-m{n}",
+                message=text, sender_type=sender_type, author_name=author, created_at=at)
+    return {"id": str(uuid.uuid4()), "topic": "message.created", "created_at": at, "body": body}
+
+
+def _conversation(p: Plan, created: dict[str, Any], nth: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``nth`` messaged claim's two messages (the customer's, the brand's reply), as the
+    events to send before and after its creation. The later-dated one is sent first, so the
+    mirror has to put them back in order; the 2nd messaged claim's comes before the claim exists;
+    the 1st's are each sent twice: one redelivered, the other again under a new event id."""
+    claim = created["body"]
+    customer, item = claim["customer"], claim["items"][0]["item_name"]
+    asked = _message(created, 1, f"Hi, any news on {claim['claim_number']}? The {item} came in a crushed box "
+                                 "<photo attached> & it does not work.", "customer",
+                     f"{customer['first_name']} {customer['last_name']}", 5)
+    answered = _message(created, 2, f"Sorry about that, {customer['first_name']}! A new {item} ships today; "
+                                    "no need to send the old one back.", "brand", "Support team", 20)
+    p.messages[claim["claim_id"]] = [asked["body"]["message"], answered["body"]["message"]]
+    if nth == 1:
+        return [answered], [asked]
+    after = [answered, asked]
+    if nth == 0:
+        after += [asked, {**answered, "id": str(uuid.uuid4())}]
+    return [], after
+
+
 def plan(store_id: str, count: int) -> Plan:
     """Every claim type; a third finished (approved, resolved, resolved by brand), some of them
-    before their ticket exists; some events delivered twice, as Order Protection may."""
+    before their ticket exists; some events delivered twice, as Order Protection may; every
+    fourth claim with two messages (``_conversation``)."""
     p = Plan(store_id)
     for i in range(count):
         created = _claim(store_id, i)
         claim_id = created["body"]["claim_id"]
         p.claims.append(claim_id)
         state = FINISHING[(i // 3) % 3] if i % 3 == 0 else None
-        if state and i % 9 == 0:  # auto-approved: the approval arrives before the creation
-            p.events += [_change(store_id, claim_id, state), created]
-        else:
-            p.events.append(created)
-            if state:
-                p.events.append(_change(store_id, claim_id, state))
+        sequence = [created]
         if state:
+            change = _change(store_id, claim_id, state)
+            # auto-approved: the approval arrives before the creation
+            sequence = [change, created] if i % 9 == 0 else [created, change]
             p.finished.add(claim_id)
+        if i % 4 == 0:
+            before, after = _conversation(p, created, i // 4)
+            sequence = before + sequence + after
         if i % 7 == 0:
-            p.events.append(created)  # a redelivery
+            sequence.append(created)  # a redelivery
+        p.events += sequence
     return p
 
 
@@ -187,25 +242,31 @@ def _send_and_wait(console: Console, http: httpx.Client, settings: Settings, par
                   console=console, transient=False) as bar:
         sending = bar.add_task("events sent", total=len(events))
         tasks = [(bar.add_task(f"{part.title} tickets", total=len(p.claims)),
-                  bar.add_task(f"{part.title} {part.finished_label}", total=len(p.finished)))
+                  bar.add_task(f"{part.title} {part.finished_label}", total=len(p.finished)),
+                  bar.add_task(f"{part.title} private notes", total=_count(p.messages)))
                  for part, p in zip(parts, plans)]
         for event in events:
             http.post("/webhooks/orderprotection", json=event, headers=hook).raise_for_status()
             bar.advance(sending)
         deadline = time.monotonic() + 60
-        while True:
+        while True:  # a note is written at least 2 s after its message arrived, behind the tickets
             outcomes = [part.outcome(p) for part, p in zip(parts, plans)]
-            for (ticketing, finishing), seen in zip(tasks, outcomes):
+            for (ticketing, finishing, noting), seen in zip(tasks, outcomes):
                 bar.update(ticketing, completed=len(seen.tickets))
                 bar.update(finishing, completed=len(seen.finished))
+                bar.update(noting, completed=_count(seen.notes))
             done = all(len(seen.tickets) >= len(p.claims) and len(seen.finished) >= len(p.finished)
-                       for seen, p in zip(outcomes, plans))
+                       and _count(seen.notes) >= _count(p.messages) for seen, p in zip(outcomes, plans))
             if done or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
     if done:
         time.sleep(0.5)  # anything extra (a duplicate) would show up now
     return [part.outcome(p) for part, p in zip(parts, plans)]
+
+
+def _count(per_claim: dict[str, list[Any]]) -> int:
+    return sum(len(items) for items in per_claim.values())
 
 
 def _problems(part: DemoHelpdesk, p: Plan, seen: Outcome) -> list[str]:
@@ -215,13 +276,34 @@ def _problems(part: DemoHelpdesk, p: Plan, seen: Outcome) -> list[str]:
     problems += [f"{claim}: {part.finished_label} but never finished" for claim in sorted(seen.finished - p.finished)]
     if seen.writes - part.allowed_writes:
         problems.append(f"unexpected writes to {part.title}: {sorted(seen.writes - part.allowed_writes)}")
+    for claim in sorted(set(p.messages) | set(seen.notes)):
+        problems += _note_problems(claim, p.messages.get(claim, []), seen.notes.get(claim, []))
+    if seen.public_comments_after_creation:
+        problems.append(f"{seen.public_comments_after_creation} public comments after a ticket's creation "
+                        "(each could have emailed the customer)")
+    if seen.writes_to_unknown_tickets:
+        problems.append(f"{seen.writes_to_unknown_tickets} writes to tickets that did not exist")
+    return problems
+
+
+def _note_problems(claim: str, messages: list[str], notes: list[SeenNote]) -> list[str]:
+    """Each message (``messages`` in ``created_at`` order) is exactly one note, and the notes
+    follow that order; a note that shows none of the messages is one too many."""
+    shown = [[n for n, text in enumerate(messages) if text in note.text] for note in notes]
+    problems = [f"{claim}: message {n + 1} is {count} notes" for n in range(len(messages))
+                if (count := sum(n in found for found in shown)) != 1]
+    if any(not found for found in shown):
+        problems.append(f"{claim}: {sum(not found for found in shown)} notes that show none of its messages")
+    order = [found[0] for found in shown if len(found) == 1]
+    if order != sorted(order):
+        problems.append(f"{claim}: notes out of created_at order (messages {[n + 1 for n in order]})")
     return problems
 
 
 def _report(console: Console, host: Any, parts: list[DemoHelpdesk], plans: list[Plan], outcomes: list[Outcome],
             elapsed: float) -> bool:
     summary = Table(title="opcore demo", show_header=True)
-    for column in ("helpdesk", "claims", "tickets", "finished", "paced waits", "rate-limited answers",
+    for column in ("helpdesk", "claims", "tickets", "finished", "private notes", "paced waits", "rate-limited answers",
                    "failures", "seconds"):
         summary.add_column(column, justify="right")
     problems: list[str] = []
@@ -230,26 +312,36 @@ def _report(console: Console, host: Any, parts: list[DemoHelpdesk], plans: list[
         problems += [f"{part.title} {problem}" for problem in found]
         stats = host.delivery(part.plugin).stats()
         summary.add_row(part.title, str(len(p.claims)), str(sum(len(t) for t in seen.tickets.values())),
-                        f"{len(seen.finished)} {part.finished_label}",
+                        f"{len(seen.finished)} {part.finished_label}", _notes_cell(seen.notes, ""),
                         str(stats.get("paced_waits", 0) + stats.get("rate_limit_waits", 0)),
                         str(seen.rate_limited), str(stats.get("dead_letters", 0) + len(found)), f"{elapsed:.1f}")
     console.print(summary)
     listing = Table(title="claim → ticket", show_header=True)
-    for column in ("claim", "helpdesk", "type", "ticket", "finished"):
+    for column in ("claim", "helpdesk", "type", "ticket", "finished", "notes"):
         listing.add_column(column)
     for part, p, seen in zip(parts, plans, outcomes):
         types = {e["body"]["claim_id"]: e["body"]["claim_type"] for e in p.events if e["topic"] == "claim.created"}
         for claim_id in p.claims:
             listing.add_row(claim_id, part.title, types[claim_id], ", ".join(seen.tickets.get(claim_id, [])) or "—",
-                            part.finished_label if claim_id in seen.finished else "")
+                            part.finished_label if claim_id in seen.finished else "",
+                            _notes_cell({claim_id: seen.notes.get(claim_id, [])}, " private") if claim_id in p.messages else "")
     console.print(listing)
     if problems:
         console.print("[bold red]FAILED[/]: " + "; ".join(problems))
         return False
-    total = sum(len(p.claims) for p in plans)
+    total, messages = sum(len(p.claims) for p in plans), sum(_count(p.messages) for p in plans)
     console.print(f"[bold green]OK[/]: {total} claims, one ticket each in its own helpdesk; every finished claim "
-                  f"({', '.join(FINISHING)}) " + " or ".join(sorted({part.finished_label for part in parts})) + ".")
+                  f"({', '.join(FINISHING)}) " + " or ".join(sorted({part.finished_label for part in parts}))
+                  + f"; {messages} messages, each one private note on its claim's ticket in created_at order;"
+                  " nothing public written to a ticket after its creation, nothing to a ticket that did not exist.")
     return True
+
+
+def _notes_cell(notes: dict[str, list[SeenNote]], private: str) -> str:
+    """How many notes are private ("3" + ``private``), and the public ones if any (a public
+    comment may have emailed the customer)."""
+    public = sum(note.public for found in notes.values() for note in found)
+    return f"{_count(notes) - public}{private}" + (f", {public} PUBLIC" if public else "")
 
 
 def _widget_example(console: Console, http: httpx.Client, host: Any, admin: dict[str, str], plugin: str, p: Plan,
@@ -278,18 +370,26 @@ def _try_it(console: Console, settings: Settings, parts: list[DemoHelpdesk], pla
     admin = settings.admin_token.get_secret_value()  # type: ignore[union-attr]
     secret = settings.webhook_secret.get_secret_value()  # type: ignore[union-attr]
     store_id = plans[0].store_id
-    claim = copy.deepcopy(CLAIM_CREATED)
-    claim["id"] = str(uuid.uuid4())
+    claim, message = copy.deepcopy(CLAIM_CREATED), copy.deepcopy(MESSAGE_CREATED)
+    claim["id"], message["id"] = str(uuid.uuid4()), str(uuid.uuid4())
     claim["body"].update(store_id=store_id, claim_id=f"{store_id}-claim-readme")
+    message["body"].update(store_id=store_id, claim_id=f"{store_id}-claim-readme")
+
+    def webhook(event: dict[str, Any]) -> str:
+        return _curl("-X", "POST", "-H", f"x-webhook-secret: {secret}", "-H", "content-type: application/json",
+                     "-d", json.dumps(event, ensure_ascii=False), f"{base_url}/webhooks/orderprotection")
+
     lines = [f"\nopcore serves at {base_url} until Ctrl-C. To follow the README against it:",
              f"  export OPCORE_ADMIN_TOKEN={admin} OPCORE_WEBHOOK_SECRET={secret}"]
     for part, p in zip(parts, plans):
         settings_url = f"{base_url}/internal/integrations/{part.plugin}/stores/{p.store_id}"
         lines.append(f"  {part.title} store settings: " + _curl("-H", f"Authorization: Bearer {admin}", settings_url))
-    lines.append(f"  a claim for {store_id}: " + _curl(
-        "-X", "POST", "-H", f"x-webhook-secret: {secret}", "-H", "content-type: application/json",
-        "-d", json.dumps(claim, ensure_ascii=False), f"{base_url}/webhooks/orderprotection"))
+    lines.append(f"  a claim for {store_id}: " + webhook(claim))
     lines.append(f"  then open the widget URL above in a browser: the claim shows for {CUSTOMERS[0][0]}")
+    lines.append("  a message of that claim, a private note on its ticket a few seconds later: " + webhook(message))
+    tickets_url = parts[0].tickets_url()
+    if tickets_url:
+        lines.append(f"  the {parts[0].title} stand-in's tickets and their notes: " + _curl(tickets_url))
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
@@ -313,7 +413,8 @@ def register(cli: click.Group) -> None:
     @click.option("--window", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
                   help="Stand-in quota window, seconds.")
     @click.option("--helpdesk", "only", multiple=True, help="Only this plugin's part (repeatable); default: all.")
-    @click.option("--keep-serving", is_flag=True, help="Keep the app and stand-ins up to try the widget URL.")
+    @click.option("--keep-serving", is_flag=True,
+                  help="Keep the app and stand-ins up to try the widget URL and the printed webhooks.")
     def demo(claims: int, quota: int, window: float, only: tuple[str, ...], keep_serving: bool) -> None:
         """Run the whole flow on this machine against local stand-ins of every helpdesk."""
         from .cli import fail  # the command line imports this module

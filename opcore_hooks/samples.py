@@ -31,3 +31,19 @@ CLAIM_CREATED: dict[str, Any] = {
                   "subtotal": "24.99", "shipping": "4.99", "tax": "2.10", "total": "32.08"},
     },
 }
+
+#: A message of that claim's Order Protection conversation (CONTRACT.md, "Note mirror").
+MESSAGE_CREATED: dict[str, Any] = {
+    "id": "3b6f0c1e-0000-4000-8000-000000000002",
+    "topic": "message.created",
+    "created_at": "2026-11-27T10:05:00Z",
+    "body": {
+        "store_id": "store_123",
+        "claim_id": "cm6v2zdt10002j20vqs7f74hc",
+        "message_id": "msg-1",
+        "message": "Hi, the mouse came in a crushed box <photo attached> & the scroll wheel is stuck.",
+        "sender_type": "customer",
+        "author_name": "Ana Lima",
+        "created_at": "2026-11-27T10:05:00Z",
+    },
+}

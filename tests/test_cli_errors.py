@@ -14,6 +14,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -286,6 +287,13 @@ def _curl(line: str) -> httpx.Response:
     return httpx.request(method, args[0], headers=headers, content=data, timeout=10)
 
 
+def _readme_note(tickets_url: str) -> dict[str, Any] | None:
+    """The note the printed message curl makes, once the stand-in shows it."""
+    [account] = _curl(f"curl {tickets_url}").json()["accounts"]
+    notes = [note for ticket in account["tickets"] for note in ticket["notes"] if "scroll wheel" in note["body"]]
+    return notes[0] if notes else None
+
+
 def test_demo_keep_serving_prints_credentials_and_requests_that_work(monkeypatch):
     from plugins.richpanel.demo import RichpanelDemo
     from plugins.zendesk.demo import ZendeskDemo
@@ -300,8 +308,15 @@ def test_demo_keep_serving_prints_credentials_and_requests_that_work(monkeypatch
         printed = out.getvalue()
         tried["printed"] = printed
         tried["settings"] = [_curl(line) for line in printed.splitlines() if "store settings: curl" in line]
-        [claim] = [line for line in printed.splitlines() if "/webhooks/orderprotection" in line and "curl" in line]
+        [claim] = [line for line in printed.splitlines() if "a claim for" in line and "curl" in line]
         tried["claim"] = _curl(claim)
+        [message] = [line for line in printed.splitlines() if "a message of that claim" in line and "curl" in line]
+        tried["message"] = _curl(message)
+        [tickets] = [line for line in printed.splitlines() if "stand-in's tickets and their notes: curl" in line]
+        deadline = time.monotonic() + 20  # a note waits 2 s after its message, then its turn
+        while (note := _readme_note(tickets.split()[-1])) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        tried["note"] = note
         tried["widgets"] = [httpx.get(line.strip(), timeout=10) for line in printed.splitlines()
                             if "/widgets/" in line and "token=" in line and "curl" not in line]
 
@@ -314,5 +329,15 @@ def test_demo_keep_serving_prints_credentials_and_requests_that_work(monkeypatch
     assert [answer.status_code for answer in tried["settings"]] == [200, 200]
     assert {answer.json()["store_id"] for answer in tried["settings"]} == {"demo-richpanel", "demo-zendesk"}
     assert tried["claim"].status_code == 202 and tried["claim"].json()["status"] == "accepted"
+    assert tried["message"].status_code == 202 and tried["message"].json()["status"] == "accepted"
+    assert tried["note"] is not None, "the pasted message never became a note"
+    assert tried["note"]["public"] is False  # the customer is sent nothing
+    assert "&lt;photo attached&gt; &amp; the scroll wheel" in tried["note"]["body"]  # Richpanel's HTML, escaped
     assert [answer.status_code for answer in tried["widgets"]] == [200, 200]
     assert "ana@example.com" in printed
+    # The run itself mirrored its claims' messages, each as one private note, and said so.
+    rows = {line.split("│")[1].strip(): line for line in printed.splitlines() if "-claim-00" in line}
+    assert "2 private" in rows["demo-richpanel-claim-000"] and "2 private" in rows["demo-zendesk-claim-000"]
+    said = " ".join(printed.split())  # the console wraps long lines
+    assert "4 messages, each one private note on its claim's ticket in created_at order" in said
+    assert "nothing public written to a ticket after its creation" in said

@@ -56,10 +56,14 @@ def test_embedded_serve_accepts_events_and_runs_its_own_workers():
 
 
 def test_the_demo_runs_the_whole_flow_and_prints_a_widget_request_that_works():
-    """`opcore demo` as the README's first step: exit 0 only when every claim has one ticket."""
+    """`opcore demo` as the README's first step: exit 0 only when every claim has one ticket and
+    every message of a claim is one private note on it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPCORE_")}
     result = subprocess.run([sys.executable, "runner.py", "demo", "--claims", "12", "--window", "2"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: 12 claims, one ticket each" in result.stdout
+    said = " ".join(result.stdout.split())  # the console wraps long lines
+    assert "8 messages, each one private note on its claim's ticket in created_at order" in said
+    assert "nothing public written to a ticket after its creation" in said
     assert "curl -H 'X-OP-Signature: t=" in result.stdout
