@@ -12,6 +12,7 @@ hooks must be idempotent per claim.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -49,15 +50,21 @@ HOOK_FOR_TOPIC = {
 }
 
 
-# KEYS: seen, msgs, queue, the store's in-flight counter, bulk msgs, bulk queue, event counters.
+# KEYS: seen, msgs, queue, the store's in-flight counter, bulk msgs, bulk queue, event counters,
+#       the claim's messages in flight (a message.created; the note mirror waits for them).
 # ARGV: seen ttl, message id, message, lane limit, the message's queue_name prefix, the bulk one,
-#       the topic (counted as "<topic>|accepted" or "<topic>|duplicate" for /metrics).
+#       the topic (counted as "<topic>|accepted" or "<topic>|duplicate" for /metrics), '1' for a
+#       message.created.
 # Dramatiq acks a message through the consumer of the queue its queue_name names, so a message
 # sent down the bulk lane must name it; Dramatiq's encoding puts queue_name first, which makes
 # swapping that prefix here exact and spares encoding and sending the event twice.
 _ACCEPT = """
 if redis.call('SET', KEYS[1], 'accepted', 'NX', 'EX', ARGV[1]) then
   redis.call('HINCRBY', KEYS[7], ARGV[7] .. '|accepted', 1)
+  if ARGV[8] == '1' then
+    redis.call('INCR', KEYS[8])
+    redis.call('EXPIRE', KEYS[8], 3600)
+  end
   local n = redis.call('INCR', KEYS[4])
   redis.call('EXPIRE', KEYS[4], 3600)
   local message = ARGV[3]
@@ -74,6 +81,11 @@ redis.call('HINCRBY', KEYS[7], ARGV[7] .. '|duplicate', 1)
 return 0
 """
 
+
+# KEYS: the claim's messages in flight. A redelivered dispatch may count one twice: never below 0.
+_ARRIVED = """
+if tonumber(redis.call('DECR', KEYS[1])) <= 0 then redis.call('DEL', KEYS[1]) end
+"""
 
 
 class Dispatcher:
@@ -95,6 +107,7 @@ class Dispatcher:
         queue, bulk = f"{broker.namespace}:{QUEUE}", f"{broker.namespace}:{BULK_QUEUE}"
         self._lanes = (queue, f"{queue}.msgs", bulk, f"{bulk}.msgs")
         self.committer = Committer(host.redis, _ACCEPT, name=f"{host.settings.namespace}-accept")
+        self._arrived = host.redis.register_script(_ARRIVED)
         broker.declare_queue(BULK_QUEUE)
         self.exhausted = dramatiq.actor(
             self._exhausted, broker=broker, actor_name=EXHAUSTED, queue_name=QUEUE, max_retries=50,
@@ -105,6 +118,12 @@ class Dispatcher:
     def _inflight_key(self, store_id: str | None) -> str:
         return self.host.key("inflight", store_id or "-")
 
+    def _messages_key(self, event: Event) -> str | None:
+        """The claim's count of messages on their way (a message.created only)."""
+        if event.topic != "message.created":
+            return None
+        return self.host.messages_in_flight_key(event.body.store_id, event.body.claim_id)  # type: ignore[attr-defined]
+
     def _dispatch(self, data: dict[str, Any]) -> None:
         # The store's in-flight counter is released by this message's ack (broker.RELEASES).
         self._dispatch_event(event_from_json(data), data)
@@ -112,17 +131,23 @@ class Dispatcher:
     def _dispatch_event(self, event: Event, data: dict[str, Any]) -> None:
         # The read model's write rides on the first plugin's first Redis command (or goes
         # alone at the end): in Redis before any plugin acts, without a round trip of its own.
-        with self.host.redis.write_behind():
+        with self.host.redis.write_behind(), contextlib.ExitStack() as prefetches:
             self._feed_read_model(event)
             hook = HOOK_FOR_TOPIC.get(event.topic)
             if hook is None:
                 return
+            store_id = getattr(event.body, "store_id", None)
+            for delivery in self.host.deliveries.values():  # their settings reads ride along too
+                prefetches.enter_context(delivery.prefetching(store_id))
             for name in self.host.implementers(hook):
                 try:
                     self._call(name, hook, event)
                 except Exception:  # noqa: BLE001 - isolation: one plugin's failure is its own
                     log.exception("plugin %r failed on %s %r; retrying it alone", name, event.topic, event.id)
                     self.deliver.send(name, data)
+            coming = self._messages_key(event)
+            if coming is not None:  # handed to every plugin (a failed one retries on its own)
+                self.host.redis.defer(self._arrived, keys=[coming], args=[])
 
     def _deliver(self, plugin: str, data: dict[str, Any]) -> None:
         event = event_from_json(data)
@@ -150,8 +175,9 @@ class Dispatcher:
         args = message.get("args", [])
         store_id, claim_id = _ids(args)
         plugin, _, actor = message["actor_name"].partition(".")
-        if plugin in self.host.deliveries and actor in ("create_ticket", "finish_ticket"):  # for /metrics
-            self.host.delivery(plugin).count(f"dead_{actor.removesuffix('_ticket')}")
+        kind = {"create_ticket": "create", "finish_ticket": "finish", "write_notes": "note"}.get(actor)
+        if plugin in self.host.deliveries and kind:  # for /metrics
+            self.host.delivery(plugin).count(f"dead_{kind}")
         self.host.dead_letters.add(
             message["actor_name"], list(args), kwargs=message.get("kwargs") or {},
             reason=f"retries exhausted after {info.get('retries')}: {reason}",
@@ -174,11 +200,13 @@ class Dispatcher:
         """
         message_id = _random_uuid()
         inflight = self._inflight_key(getattr(event.body, "store_id", None))
+        coming = self._messages_key(event) or inflight  # unused unless a message.created
         encoded = self._encode_dispatch(event.model_dump(mode="json") if wire is None else wire, message_id, inflight)
         queue, msgs, bulk, bulk_msgs = self._lanes
         accepted = await self.committer.call(
-            [seen_key, msgs, queue, inflight, bulk_msgs, bulk, self.host.metrics.events_key],
-            [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE, event.topic],
+            [seen_key, msgs, queue, inflight, bulk_msgs, bulk, self.host.metrics.events_key, coming],
+            [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE, event.topic,
+             "1" if coming != inflight else ""],
         )
         return bool(accepted)
 

@@ -55,6 +55,7 @@ class Host:
             plugins, allowlist=self.settings.plugin_allowlist, strict=self.settings.strict_plugins
         )
         self.pm = self.loaded.pm
+        self._callers: dict[tuple[str, str], Any] = {}
         self.readmodel = ReadModel(self.redis, self.key("rm"), self.settings)
         self.dead_letters = DeadLetters(self.redis, self.key("dead"))
         self.metrics = Metrics(self)
@@ -97,6 +98,11 @@ class Host:
         """
         return keys.join(self.settings.namespace, *parts)
 
+    def messages_in_flight_key(self, store_id: str, claim_id: str) -> str:
+        """How many of the claim's messages the ingress accepted and the dispatch has not handed
+        to the plugins yet: the note mirror's writer waits for them, to keep the order."""
+        return self.key("msgs", store_id, claim_id)
+
     def claim_url(self, claim_id: str) -> str:
         return self.settings.claim_url(claim_id)
 
@@ -135,11 +141,13 @@ class Host:
         Events fan out plugin by plugin through this, so one plugin raising never skips
         another (pluggy's own fan-out stops at the first exception, pluggy#419).
         """
-        plugin = self.pm.get_plugin(name)
-        if plugin is None:
-            raise KeyError(f"no plugin named {name!r} is loaded")
-        others = [p for n, p in self.pm.list_name_plugin() if n != name]
-        results = self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+        caller = self._callers.get((name, hook))
+        if caller is None:  # plugins are registered once, when the host is built: keep it
+            if self.pm.get_plugin(name) is None:
+                raise KeyError(f"no plugin named {name!r} is loaded")
+            others = [p for n, p in self.pm.list_name_plugin() if n != name]
+            caller = self._callers[(name, hook)] = self.pm.subset_hook_caller(hook, remove_plugins=others)
+        results = caller(**kwargs)
         return results[0] if results else None
 
     def actor(

@@ -20,5 +20,12 @@ def part(value: str) -> str:
 
 
 def join(prefix: str, *parts: str) -> str:
-    """``prefix:part:part``: the prefix is the operator's namespace and is used as given."""
+    """``prefix:part:part``: the prefix is the operator's namespace and is used as given.
+
+    Almost every part needs no encoding; checking the joined parts at once (no ``%``, and no
+    ``:`` but the separators) spares a call per part on every key a claim's work names.
+    """
+    body = ":".join(parts)
+    if parts and "%" not in body and body.count(":") == len(parts) - 1:
+        return f"{prefix}:{body}"
     return ":".join((prefix, *map(part, parts)))

@@ -42,13 +42,17 @@ def embedded_server() -> fakeredis.FakeServer:
 
 
 @dataclass
-class _Deferred:
+class Deferred:
+    """A script deferred by ``PinnedRedis.defer``: ``sent`` once a command carried it, with its
+    ``answer`` (or the ResponseError Redis answered instead)."""
+
     script: Script
     keys: list[Any]
     args: list[Any]
     then: Callable[[Any], None] | None
     packed: list[bytes]  # the EVALSHA, packed when deferred: bad arguments fail the caller at once
     answer: Any = None  # its reply, or the ResponseError Redis answered instead
+    sent: bool = False
 
 
 class _Pinned:
@@ -59,8 +63,8 @@ class _Pinned:
     def __init__(self, conn: redis.connection.AbstractConnection) -> None:
         self.conn = conn
         self.depth = 0  # nested write_behind() blocks open on this thread
-        self.queued: list[_Deferred] = []  # not sent yet
-        self.done: list[_Deferred] = []  # sent (answered or failed), waiting for the block's end
+        self.queued: list[Deferred] = []  # not sent yet
+        self.done: list[Deferred] = []  # sent (answered or failed), waiting for the block's end
 
 
 class PinnedRedis(redis.Redis):
@@ -112,22 +116,26 @@ class PinnedRedis(redis.Redis):
 
     # -- write-behind ------------------------------------------------------------------------
     def defer(self, script: Script, keys: list[Any], args: list[Any],
-              then: Callable[[Any], None] | None = None) -> None:
+              then: Callable[[Any], None] | None = None) -> Deferred | None:
         """Run ``script`` with this thread's next command; at once outside ``write_behind()``.
 
-        Only for idempotent writes: a connection error may send one twice. ``then`` gets the
-        script's answer at the end of the block (at once outside one); it is for follow-ups
-        that may be skipped: a ``then`` that raises is logged, and the block goes on.
+        Only for idempotent writes and reads: a connection error may send one twice. ``then``
+        gets the script's answer at the end of the block (at once outside one); it is for
+        follow-ups that may be skipped: a ``then`` that raises is logged, and the block goes on.
+        Returns the deferred script, whose answer a caller may read once it is ``sent`` (None
+        outside a block, where it already ran).
         """
         pin = self._pin()
         if not pin.depth:
             self._then(then, script(keys=keys, args=args, client=self))
-            return
+            return None
         if script.sha not in self._loaded:  # else its first EVALSHA would only meet NOSCRIPT
             self.script_load(script.script)
             self._loaded.add(script.sha)
         packed = pin.conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        pin.queued.append(_Deferred(script, keys, args, then, packed))
+        deferred = Deferred(script, keys, args, then, packed)
+        pin.queued.append(deferred)
+        return deferred
 
     @contextmanager
     def write_behind(self) -> Iterator[None]:
@@ -186,7 +194,7 @@ class PinnedRedis(redis.Redis):
                 return super()._send_command_parse_response(conn, command_name, *args, **options)
             conn.send_packed_command([chunk for item in queued for chunk in item.packed] + conn.pack_command(*args))
             for item, reply in zip(queued, read_replies(conn, len(queued))):  # before the command's own
-                item.answer = reply
+                item.answer, item.sent = reply, True
             # Sent and answered: a retry of this command (after a connection error) must not
             # send them again, and nothing else may read their answers.
             pin.queued = []

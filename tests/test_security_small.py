@@ -274,3 +274,13 @@ def test_dependency_floors_exclude_releases_with_known_advisories():
                 floors[requirement.name.lower()] = Version(spec.version)
     for name, version in fixed_in.items():
         assert name in floors and floors[name] >= Version(version), (name, floors.get(name))
+
+
+def test_key_parts_can_never_pose_as_other_parts():
+    from opcore_hooks.keys import join, part
+
+    for parts in (("shop", "ana@example.com"), ("shop:eu", "ana"), ("shop", "eu:ana"), ("a%3Ab",), ("%",), ("",),
+                  ("x", "", "y"), ("ünï", "コード"), ()):
+        assert join("ns", *parts) == ":".join(("ns", *(part(p) for p in parts)))
+    assert join("ns", "shop:eu", "ana") != join("ns", "shop", "eu:ana")
+    assert join("ns", "a%3Ab") != join("ns", "a:b")

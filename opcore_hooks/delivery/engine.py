@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timezone
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
@@ -113,6 +116,9 @@ class Delivery:
         #: Each store's settings as this process last read them, with their snapshot; taking a
         #: turn checks the snapshot against Redis, so a change is seen at the next request.
         self._stores: dict[str, tuple[Snapshot, Any]] = {}
+        #: Per thread: the settings read that rides on the current dispatch's first command.
+        self._prefetch = threading.local()
+        self._read_settings = host.redis.register_script("return redis.call('HGETALL', KEYS[1])")
         options = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000,
                    "on_retry_exhausted": "opcore.exhausted"}
         self.create_actor = host.actor(self.create_ticket, plugin=plugin, **options)
@@ -218,12 +224,42 @@ class Delivery:
         return config is not None and self.helpdesk.usable(config)
 
     def _configured(self, store_id: str, *, enabled: bool) -> bool:
-        """Whether the store uses this helpdesk; a negative answer from the cache is checked afresh."""
+        """Whether the store uses this helpdesk; a negative answer from the cache is checked
+        afresh, by the read ``prefetching`` sent along with this dispatch when there is one."""
         for fresh in (False, True):
-            _, config = self.store(store_id, fresh=fresh)
+            found = self._prefetched(store_id) if fresh else None
+            _, config = found if found is not None else self.store(store_id, fresh=fresh)
             if config is not None and (not enabled or self.helpdesk.enabled(config)):
                 return True
         return False
+
+    @contextmanager
+    def prefetching(self, store_id: str | None) -> Iterator[None]:
+        """Within a dispatch (a ``write_behind`` block): when this process's cache cannot say
+        that ``store_id`` uses this helpdesk (never read, or it did not), send the read of its
+        settings with the dispatch's first Redis command, so the hook's fresh check costs no
+        round trip of its own. Most stores use one helpdesk: every other plugin's check of
+        every claim was a round trip (docs/BENCHMARKS.md, issue #14)."""
+        cached = self._stores.get(store_id) if store_id is not None else None
+        if store_id is None or (cached is not None and cached[1] is not None):
+            yield
+            return
+        self._prefetch.pending = (store_id, self.redis.defer(
+            self._read_settings, keys=[self.helpdesk.settings_key(store_id)], args=[]))
+        try:
+            yield
+        finally:
+            self._prefetch.pending = None
+
+    def _prefetched(self, store_id: str) -> tuple[Snapshot, Any] | None:
+        """The store's settings as this dispatch's prefetch read them, once it has been sent;
+        None when there is no such read (then the caller reads them itself)."""
+        pending = getattr(self._prefetch, "pending", None)
+        if pending is None or pending[0] != store_id or not pending[1].sent or isinstance(pending[1].answer, Exception):
+            return None
+        self._prefetch.pending = None
+        flat = [part.decode() for part in pending[1].answer]
+        return self._remember(store_id, dict(zip(flat[::2], flat[1::2])))
 
     # -- actors ----------------------------------------------------------------------------
     def create_ticket(self, store_id: str, claim: dict[str, Any], slot: float | None = None, attempt: int = 0,

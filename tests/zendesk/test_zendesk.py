@@ -242,6 +242,34 @@ def test_richpanel_and_zendesk_stores_are_served_side_by_side(make_host, run_wor
     assert host.delivery("zendesk").ticket_id("store_rp", "claim-rp") is None
 
 
+def test_a_store_that_adds_zendesk_gets_its_next_claims_there_though_earlier_ones_were_skipped(
+        make_host, run_worker, sandbox, monkeypatch):
+    # Each dispatch reads the settings of a helpdesk the store did not use, riding on the
+    # dispatch's first command; what it read must never outlive that dispatch.
+    from plugins.richpanel import plugin as richpanel, session
+    from plugins.richpanel.sandbox import SandboxConfig, create_sandbox
+    from plugins.richpanel.stores import SettingsUpdate, update
+
+    rp_key = "rp_adds_zendesk_key_0001"
+    rp_app = create_sandbox(SandboxConfig(quota=None))
+    rp_app.state.sandbox.add_account(rp_key)
+    monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", "http://testserver")
+    host = make_host({"richpanel": richpanel, "zendesk": plugin})
+    with TestClient(rp_app) as rp_http, TestClient(create_app(host)) as client:
+        session.set_http(host, rp_http)
+        update(host, STORE, SettingsUpdate(api_key=rp_key))
+        worker = run_worker(host)
+        post(client, claim_created(claim_id="before-zendesk"))
+        settle(host, worker, lambda: rp_app.state.sandbox.tickets(rp_key))
+        assert sandbox.state.tickets(SUBDOMAIN) == []
+        answer = client.put(URL, headers=ADMIN, json={"subdomain": SUBDOMAIN, "email": EMAIL, "api_token": TOKEN})
+        assert answer.status_code == 200
+        post(client, claim_created(claim_id="after-zendesk"))
+        settle(host, worker, lambda: sandbox.state.tickets(SUBDOMAIN) and len(rp_app.state.sandbox.tickets(rp_key)) == 2)
+        drain(host, worker)
+    assert [t["external_id"] for t in sandbox.state.tickets(SUBDOMAIN)] == ["after-zendesk"]
+
+
 def test_operators_connect_a_store_from_the_command_line(make_host, sandbox, monkeypatch):
     import json
 
