@@ -189,3 +189,21 @@ def test_a_released_writer_reads_the_fixed_credentials_and_writes(mirror, cache)
     time.sleep(1)
     drain(host, worker)
     assert texts(sandbox) == ["parked, then released"], f"parked again: {delivery.parked_count(STORE)}"
+
+
+def test_each_worker_runs_the_deadline_sweep_on_its_own(mirror, monkeypatch):
+    from opcore_hooks.worker import Ticker
+
+    host, worker, sandbox = mirror
+    notes = host.delivery("richpanel").notes
+    post(host, message_created("never-created", "lost claim", message_id="m1"))
+    drain(host, worker)
+    notes.deadline_seconds = 0.0  # as if 7 days went by
+    monkeypatch.setattr(notes, "sweep", lambda real=notes.sweep: real(now=time.time() + 8 * 86_400))
+    ticker = Ticker(host, interval=0.05)
+    ticker.start()
+    try:
+        wait_for(lambda: host.dead_letters.list(claim_id="never-created"))
+    finally:
+        ticker.stopping.set()
+    assert "had no ticket" in host.dead_letters.list(claim_id="never-created")[0].reason
