@@ -29,20 +29,19 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import timezone
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
 from ..events import ClaimCreated, ClaimStatusChanged, Event, MessageCreated
 from .helpdesk import Call, CredentialsRejected, Helpdesk, HelpdeskError, RateLimited, Refused
-from .ledger import EPSILON, Kind, Ledger, Snapshot, Turn, snapshot
+from .ledger import EPSILON, Kind, Ledger, Snapshot, Turn
 from .notes import NoteMirror
 from .pacing import Pacer
 from .parking import Parking
+from .store_cache import StoreCache
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -115,10 +114,7 @@ class Delivery:
         self.parking = Parking(host, plugin)
         #: Each store's settings as this process last read them, with their snapshot; taking a
         #: turn checks the snapshot against Redis, so a change is seen at the next request.
-        self._stores: dict[str, tuple[Snapshot, Any]] = {}
-        #: Per thread: the settings read that rides on the current dispatch's first command.
-        self._prefetch = threading.local()
-        self._read_settings = host.redis.register_script("return redis.call('HGETALL', KEYS[1])")
+        self.stores = StoreCache(host.redis, helpdesk)
         options = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000,
                    "on_retry_exhausted": "opcore.exhausted"}
         self.create_actor = host.actor(self.create_ticket, plugin=plugin, **options)
@@ -209,57 +205,22 @@ class Delivery:
     def store(self, store_id: str, *, fresh: bool = False) -> tuple[Snapshot, Any]:
         """The store's settings and their snapshot; from this process's cache unless ``fresh``.
         None when the store never configured this helpdesk."""
-        cached = None if fresh else self._stores.get(store_id)
-        if cached is not None:
-            return cached
-        raw = self.redis.hgetall(self.helpdesk.settings_key(store_id))
-        return self._remember(store_id, {k.decode(): v.decode() for k, v in raw.items()})
+        return self.stores.get(store_id, fresh=fresh)
 
     def _remember(self, store_id: str, fields: dict[str, str]) -> tuple[Snapshot, Any]:
-        entry = (snapshot(fields), self.helpdesk.load_store(store_id, fields) if fields else None)
-        self._stores[store_id] = entry
-        return entry
+        return self.stores.remember(store_id, fields)
 
     def _usable(self, config: Any) -> bool:
         return config is not None and self.helpdesk.usable(config)
 
     def _configured(self, store_id: str, *, enabled: bool) -> bool:
-        """Whether the store uses this helpdesk; a negative answer from the cache is checked
-        afresh, by the read ``prefetching`` sent along with this dispatch when there is one."""
-        for fresh in (False, True):
-            found = self._prefetched(store_id) if fresh else None
-            _, config = found if found is not None else self.store(store_id, fresh=fresh)
-            if config is not None and (not enabled or self.helpdesk.enabled(config)):
-                return True
-        return False
+        """Whether the store uses this helpdesk (and has it enabled, with ``enabled``)."""
+        return self.stores.uses(store_id, enabled=enabled)
 
-    @contextmanager
-    def prefetching(self, store_id: str | None) -> Iterator[None]:
-        """Within a dispatch (a ``write_behind`` block): when this process's cache cannot say
-        that ``store_id`` uses this helpdesk (never read, or it did not), send the read of its
-        settings with the dispatch's first Redis command, so the hook's fresh check costs no
-        round trip of its own. Most stores use one helpdesk: every other plugin's check of
-        every claim was a round trip (docs/BENCHMARKS.md, issue #14)."""
-        cached = self._stores.get(store_id) if store_id is not None else None
-        if store_id is None or (cached is not None and cached[1] is not None):
-            yield
-            return
-        self._prefetch.pending = (store_id, self.redis.defer(
-            self._read_settings, keys=[self.helpdesk.settings_key(store_id)], args=[]))
-        try:
-            yield
-        finally:
-            self._prefetch.pending = None
-
-    def _prefetched(self, store_id: str) -> tuple[Snapshot, Any] | None:
-        """The store's settings as this dispatch's prefetch read them, once it has been sent;
-        None when there is no such read (then the caller reads them itself)."""
-        pending = getattr(self._prefetch, "pending", None)
-        if pending is None or pending[0] != store_id or not pending[1].sent or isinstance(pending[1].answer, Exception):
-            return None
-        self._prefetch.pending = None
-        flat = [part.decode() for part in pending[1].answer]
-        return self._remember(store_id, dict(zip(flat[::2], flat[1::2])))
+    def prefetching(self, store_id: str | None) -> AbstractContextManager[None]:
+        """Within a dispatch: read this store's settings with the dispatch's first command when
+        the cache cannot answer (``StoreCache.prefetching``)."""
+        return self.stores.prefetching(store_id)
 
     # -- actors ----------------------------------------------------------------------------
     def create_ticket(self, store_id: str, claim: dict[str, Any], slot: float | None = None, attempt: int = 0,

@@ -9,7 +9,8 @@ import pytest
 import redis as redis_lib
 
 from opcore_hooks import Transient
-from opcore_hooks.delivery.notes import NoteMirror, _member
+from opcore_hooks.delivery.note_records import member as _member
+from opcore_hooks.delivery.notes import NoteMirror
 from opcore_hooks.testing import claim_created, drain, message_created, wait_for
 from plugins.richpanel import plugin, stores
 from plugins.richpanel.helpdesk import Richpanel
@@ -32,7 +33,6 @@ def test_a_message_whose_wake_was_lost_is_written_when_its_event_comes_again(mir
     plugin, _ENQUEUE answers 'duplicate' and nobody ever wakes the writer."""
     host, worker, sandbox = mirror
     cid = _ticketed(host, worker, sandbox)
-    notes = host.delivery("richpanel").notes
     real, failed = NoteMirror.wake, []
 
     def wake_fails_once(self, *a, **kw):
@@ -62,10 +62,10 @@ def test_a_note_dropped_mid_send_does_not_wedge_the_claims_later_notes(mirror, m
     monkeypatch.setattr(Richpanel, "add_note", fail)
     post(host, message_created(cid, "m1", message_id="m1"))
     notes = host.delivery("richpanel").notes
-    wait_for(lambda: host.redis.hget(notes.notes_key(STORE, cid), ".sending"))
+    wait_for(lambda: host.redis.hget(notes.records.notes_key(STORE, cid), ".sending"))
     stores.update(host, STORE, SettingsUpdate(mirror_messages=False))
     drain(host, worker)  # the retry finds the mirror off: m1 is dropped ('skipped')
-    assert host.redis.hget(notes.notes_key(STORE, cid), "m:m1") == b"skipped"
+    assert host.redis.hget(notes.records.notes_key(STORE, cid), "m:m1") == b"skipped"
     monkeypatch.setattr(Richpanel, "add_note", real)
     stores.update(host, STORE, SettingsUpdate(mirror_messages=True))
     post(host, message_created(cid, "m2 after the mirror came back", message_id="m2"))
@@ -149,7 +149,7 @@ def test_messages_keep_the_claim_record_alive(make_host, run_worker, sandbox, mo
     time.sleep(3)
     drain(host, worker)
     assert len(notes_of(sandbox)) == 2, "m2 waits for a ticket the record forgot (dead letter in 7 days)"
-    assert host.redis.zscore(host.delivery("richpanel").notes.due_key, _member(STORE, cid)) is None
+    assert host.redis.zscore(host.delivery("richpanel").notes.records.due_key, _member(STORE, cid)) is None
 
 
 def test_a_note_refused_admission_books_no_reservation(mirror):
@@ -166,7 +166,8 @@ def test_a_note_refused_admission_books_no_reservation(mirror):
     host.redis.zadd(sent, {f"s{i}": now for i in range(pacer.quota)})
     snap, _ = delivery.store(STORE)
     for _ in range(3):
-        reply = notes._take(STORE, cid, scope, snap.joined, snap.names, "tok", f"member-{_}")
+        reply = notes.records.take(STORE, cid, delivery.helpdesk.settings_key(STORE), scope, snap, "tok",
+                                   f"member-{_}", hold=2.0, in_flight_wait=30.0)
         assert reply[0] == b"wait"
     assert host.redis.zcard(slots) == 0, f"{host.redis.zcard(slots)} reservations booked by notes that never went"
 
@@ -184,7 +185,7 @@ def test_a_released_writer_reads_the_fixed_credentials_and_writes(mirror, cache)
     drain(host, worker)
     assert delivery.parked_count(STORE) == 1
     if cache == "cold":
-        delivery._stores.clear()
+        delivery.stores.forget()
     stores.update(host, STORE, SettingsUpdate(mirror_messages=True))  # key checked: valid again, parked released
     time.sleep(1)
     drain(host, worker)
