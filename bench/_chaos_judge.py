@@ -160,8 +160,8 @@ def _judge_requests(requests: list[dict[str, Any]], created_at: dict[str, float]
             ticket_id = path[len(_SNOOZE_PREFIX):-len(_SNOOZE_SUFFIX)]
             if ticket_id not in created_at or req["time"] < created_at[ticket_id]:
                 before += 1
-        elif kind == _NOTE:  # judged when it acted (answered 200, or dropped after acting)
-            unexpected_writes += status in (200, None) and not _private_note(req.get("body"), operator=True)
+        elif kind == _NOTE:
+            unexpected_writes += _acted(req) and not _private_note(req.get("body"), operator=True)
         elif kind not in _EXPECTED and method != "GET":
             unexpected_writes += 1
         kinds[kind] = kinds.get(kind, 0) + 1
@@ -182,6 +182,13 @@ def _request_kind(method: str, path: str) -> str:
     if path.startswith("/v1/tickets/") and path.count("/") == 3 and method in ("PUT", "GET"):
         return _NOTE if method == "PUT" else "GET /v1/tickets/{id}"
     return f"{method} {path}"
+
+
+def _acted(req: dict[str, Any]) -> bool:
+    """Whether the Richpanel stand-in acted on a request: answered 200, or dropped the answer
+    after acting. A dropped answer to an injected 500 failed before the body was read (found by
+    an N=5,000 run: the stand-in records its body as None), so it wrote nothing."""
+    return req["status"] == 200 or (req["status"] is None and req.get("body") is not None)
 
 
 def _private_note(body: Any, *, operator: bool) -> bool:

@@ -257,3 +257,22 @@ def test_a_state_change_racing_its_claim_is_not_lost(make_host):
     rm.record_state(change, datetime(2026, 11, 27, 10, 0, 1, tzinfo=timezone.utc))
     [shown] = rm.customer_context("store_123", "ana@example.com").claims
     assert shown.claim_state == "RESOLVED"
+
+
+def test_the_judge_counts_a_note_that_is_not_private_and_only_writes_that_acted():
+    from bench._chaos_judge import _judge_requests
+    from bench._chaos_result import ChaosResult
+
+    def put(body, status):
+        return {"method": "PUT", "path": "/v1/tickets/t1", "status": status, "dropped": status is None,
+                "body": body, "time": 1.0}
+
+    private = {"ticket": {"comment": {"body": "x", "public": False, "sender_type": "operator"}}}
+    public = {"ticket": {"comment": {"body": "x", "public": True, "sender_type": "operator"}}}
+    reply = {"ticket": {"comment": {"body": "x", "public": False, "sender_type": "customer"}}}
+    for requests, unexpected in (([put(private, 200), put(private, None)], 0),
+                                 ([put(None, None), put(None, 500), put(public, 429)], 0),  # none acted
+                                 ([put(public, 200)], 1), ([put(reply, None)], 1)):
+        result = ChaosResult()
+        _judge_requests(requests, {"t1": 0.0}, result)
+        assert result.unexpected_writes == unexpected, requests
