@@ -138,7 +138,7 @@ class Dispatcher:
                 return
             store_id = getattr(event.body, "store_id", None)
             for delivery in self.host.deliveries.values():  # their settings reads ride along too
-                prefetches.enter_context(delivery.prefetching(store_id))
+                prefetches.enter_context(delivery.stores.prefetching(store_id))
             for name in self.host.implementers(hook):
                 try:
                     self._call(name, hook, event)
@@ -200,13 +200,12 @@ class Dispatcher:
         """
         message_id = _random_uuid()
         inflight = self._inflight_key(getattr(event.body, "store_id", None))
-        coming = self._messages_key(event) or inflight  # unused unless a message.created
+        coming = self._messages_key(event)
         encoded = self._encode_dispatch(event.model_dump(mode="json") if wire is None else wire, message_id, inflight)
         queue, msgs, bulk, bulk_msgs = self._lanes
         accepted = await self.committer.call(
-            [seen_key, msgs, queue, inflight, bulk_msgs, bulk, self.host.metrics.events_key, coming],
-            [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE, event.topic,
-             "1" if coming != inflight else ""],
+            [seen_key, msgs, queue, inflight, bulk_msgs, bulk, self.host.metrics.events_key, coming or inflight],
+            [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE, event.topic, "1" if coming else ""],
         )
         return bool(accepted)
 

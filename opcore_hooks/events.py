@@ -8,7 +8,7 @@ unknown fields, so nothing a plugin might need later is thrown away at the door.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -47,6 +47,11 @@ class ClaimState(StrEnum):
 
 
 _PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` in UTC. Order Protection writes UTC: a time without an offset is taken as UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def _money(value: Any) -> Any:

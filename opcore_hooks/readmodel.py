@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from . import keys
 from .config import Settings
-from .events import ClaimCreated, ClaimStatusChanged, Customer, Order, OrderUpserted
+from .events import ClaimCreated, ClaimStatusChanged, Customer, Order, OrderUpserted, utc
 from .store import pinned
 
 #: How many orders and claims are kept per customer; the oldest are dropped beyond it.
@@ -226,12 +226,7 @@ class CustomerContext(BaseModel):
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    """``value`` in UTC; a time without an offset is taken to be UTC already."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    return None if value is None else utc(value)
 
 
 def _touched(view_json: str) -> str:

@@ -30,12 +30,10 @@ from __future__ import annotations
 import logging
 import random
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from datetime import timezone
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
-from ..events import ClaimCreated, ClaimStatusChanged, Event, MessageCreated
+from ..events import ClaimCreated, ClaimStatusChanged, Event, MessageCreated, utc
 from .helpdesk import Call, CredentialsRejected, Helpdesk, HelpdeskError, RateLimited, Refused
 from .ledger import EPSILON, Kind, Ledger, Snapshot, Turn
 from .notes import NoteMirror
@@ -100,6 +98,10 @@ class Delivery:
 
     #: Transient failures (5xx, timeouts, lost connections) before the work becomes a dead letter.
     max_attempts = 15
+    #: Dramatiq options of every delivery actor (the note mirror's too): its retries are for
+    #: bugs and outages only, since waits are new delayed messages.
+    actor_options: dict[str, Any] = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000,
+                                     "on_retry_exhausted": "opcore.exhausted"}
 
     def __init__(self, host: Host, plugin: str, helpdesk: Helpdesk[Any]) -> None:
         self.host, self.plugin, self.helpdesk = host, plugin, helpdesk
@@ -115,10 +117,8 @@ class Delivery:
         #: Each store's settings as this process last read them, with their snapshot; taking a
         #: turn checks the snapshot against Redis, so a change is seen at the next request.
         self.stores = StoreCache(host.redis, helpdesk)
-        options = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000,
-                   "on_retry_exhausted": "opcore.exhausted"}
-        self.create_actor = host.actor(self.create_ticket, plugin=plugin, **options)
-        self.finish_actor = host.actor(self.finish_ticket, plugin=plugin, **options)
+        self.create_actor = host.actor(self.create_ticket, plugin=plugin, **self.actor_options)
+        self.finish_actor = host.actor(self.finish_ticket, plugin=plugin, **self.actor_options)
         self._actors = {"create": self.create_actor, "finish": self.finish_actor}
         #: The note mirror (``notes.py``), for a helpdesk that writes notes.
         self.notes = NoteMirror(self) if helpdesk.writes_notes else None
@@ -127,7 +127,7 @@ class Delivery:
     def claim_created(self, claim: ClaimCreated, event: Event | None = None) -> None:
         """Open the claim's ticket now if its pacing allows, else at its slot; stores that
         do not use this helpdesk are skipped. ``event`` (the hook's) dates the claim's arrival."""
-        if self._configured(claim.store_id, enabled=True):
+        if self.stores.uses(claim.store_id, enabled=True):
             self.run(Job("create", claim.store_id, claim.claim_id, claim=claim, first=True,
                          accepted_at=event.received_at if event else None))
 
@@ -137,7 +137,7 @@ class Delivery:
         if change.claim_state.value not in self.helpdesk.finish_states:
             self.ledger.touch(change.store_id, change.claim_id)
             return
-        if self._configured(change.store_id, enabled=False) and self.ledger.want_finish(
+        if self.stores.uses(change.store_id, enabled=False) and self.ledger.want_finish(
                 change.store_id, change.claim_id):
             self.request_finish(change.store_id, change.claim_id)
 
@@ -207,20 +207,18 @@ class Delivery:
         None when the store never configured this helpdesk."""
         return self.stores.get(store_id, fresh=fresh)
 
-    def _remember(self, store_id: str, fields: dict[str, str]) -> tuple[Snapshot, Any]:
-        return self.stores.remember(store_id, fields)
-
     def _usable(self, config: Any) -> bool:
         return config is not None and self.helpdesk.usable(config)
 
-    def _configured(self, store_id: str, *, enabled: bool) -> bool:
-        """Whether the store uses this helpdesk (and has it enabled, with ``enabled``)."""
-        return self.stores.uses(store_id, enabled=enabled)
+    def settings_kept_changing(self, store_id: str) -> RuntimeError:
+        """What a turn raises when the store's settings changed under it three times running."""
+        return RuntimeError(f"the {self.plugin} settings of store {store_id!r} kept changing; retrying later")
 
-    def prefetching(self, store_id: str | None) -> AbstractContextManager[None]:
-        """Within a dispatch: read this store's settings with the dispatch's first command when
-        the cache cannot answer (``StoreCache.prefetching``)."""
-        return self.stores.prefetching(store_id)
+    @staticmethod
+    def backoff(attempt: int) -> float:
+        """Seconds before transient failure number ``attempt`` (from 0) is tried again: doubling,
+        at most 10 minutes, with jitter so that failures that came together do not retry together."""
+        return min(2.0 ** attempt, 600.0) * random.uniform(0.5, 1.0)
 
     # -- actors ----------------------------------------------------------------------------
     def create_ticket(self, store_id: str, claim: dict[str, Any], slot: float | None = None, attempt: int = 0,
@@ -264,14 +262,11 @@ class Delivery:
             if turn.outcome != "stale":
                 break
             assert turn.fields is not None
-            self._remember(job.store_id, turn.fields)  # an unusable store is handled above, afresh
+            self.stores.remember(job.store_id, turn.fields)  # an unusable store is handled above, afresh
         else:
-            raise RuntimeError(f"the {self.plugin} settings of store {job.store_id!r} kept changing; retrying later")
+            raise self.settings_kept_changing(job.store_id)
         if turn.outcome == "ticket":  # created already: only a wanted finish (and waiting notes) are left
-            if turn.finish == "wanted":
-                self.request_finish(job.store_id, job.claim_id)
-            if turn.notes_waiting and self.notes is not None:
-                self.notes.wake(job.store_id, job.claim_id)
+            self._follow_up(job, turn.finish, turn)
             return
         if turn.outcome == "skip":
             return
@@ -286,9 +281,13 @@ class Delivery:
         finally:
             if not turn.finished:
                 self.ledger.finish(job.store_id, job.claim_id, turn)
+        self._follow_up(job, finish, turn)
+
+    def _follow_up(self, job: Job, finish: str | None, turn: Turn) -> None:
+        """Once the claim's ticket is known: its wanted finish, and the messages that came before it."""
         if finish == "wanted":
             self.request_finish(job.store_id, job.claim_id)
-        if turn.notes_waiting and self.notes is not None:  # messages came before their ticket
+        if turn.notes_waiting and self.notes is not None:
             self.notes.wake(job.store_id, job.claim_id)
 
     def _may_have_expired(self, claim: ClaimCreated | None) -> bool:
@@ -303,8 +302,7 @@ class Delivery:
             return False
         if claim.created_at is None:
             return True
-        created = claim.created_at if claim.created_at.tzinfo else claim.created_at.replace(tzinfo=timezone.utc)
-        age = time.time() - created.timestamp()
+        age = time.time() - utc(claim.created_at).timestamp()
         return age > self.ledger.retention_ms / 1000 - 86_400 or age < -86_400
 
     def _unusable(self, job: Job, config: Any) -> None:
@@ -426,8 +424,8 @@ class Delivery:
         if job.attempt + 1 >= self.max_attempts:
             self.dead(job, f"gave up after {job.attempt + 1} attempts: {exc}")
             return
-        delay = min(2.0 ** job.attempt, 600.0) * random.uniform(0.5, 1.0)
-        self.reschedule(replace(job, slot=None, attempt=job.attempt + 1), delay=delay, stat="transient_retries")
+        self.reschedule(replace(job, slot=None, attempt=job.attempt + 1), delay=self.backoff(job.attempt),
+                        stat="transient_retries")
 
     def dead(self, job: Job, reason: str) -> None:
         actor = self._actors[job.kind].actor_name

@@ -130,6 +130,12 @@ class Snapshot:
     joined: str
 
 
+def fields_of(flat: list[bytes]) -> dict[str, str]:
+    """A hash as HGETALL answers it inside a script: names and values, flat."""
+    text = [part.decode() for part in flat]
+    return dict(zip(text[::2], text[1::2]))
+
+
 def snapshot(fields: Mapping[str, str]) -> Snapshot:
     names = tuple(sorted(fields))
     return Snapshot(names, "\0".join(part for name in names for part in (name, fields[name])))
@@ -220,8 +226,7 @@ class Ledger:
         )
         outcome = reply[0].decode()
         if outcome == "stale":
-            flat = [part.decode() for part in reply[1]]
-            return Turn("stale", fields=dict(zip(flat[::2], flat[1::2])))
+            return Turn("stale", fields=fields_of(reply[1]))
         if outcome == "busy":
             return Turn("busy")
         if outcome == "wait":

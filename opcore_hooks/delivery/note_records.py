@@ -235,5 +235,11 @@ class NoteRecords:
             keys=[self.notes_key(store_id, claim_id), self.ledger.note_queue_key(store_id, claim_id), self.due_key],
             args=[state, member(store_id, claim_id), "" if due is None else repr(due), self.ttl_ms, *keys]))
 
-    def leave_due(self, store_id: str, claim_id: str) -> None:
-        self.redis.zrem(self.due_key, member(store_id, claim_id))
+    def hold(self, store_id: str, claim_id: str) -> None:
+        """Keep the claim's records for their time to live from now, out of the due set: its
+        writer waits elsewhere (parked), and sets the deadline anew when it runs."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.pexpire(self.notes_key(store_id, claim_id), self.ttl_ms)
+            pipe.pexpire(self.ledger.note_queue_key(store_id, claim_id), self.ttl_ms)
+            pipe.zrem(self.due_key, member(store_id, claim_id))
+            pipe.execute()

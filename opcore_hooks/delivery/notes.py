@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..events import Event, MessageCreated
+from ..events import Event, MessageCreated, utc
 from .helpdesk import Call, CredentialsRejected, HelpdeskError, Note, RateLimited, Refused
-from .ledger import EPSILON
+from .ledger import EPSILON, fields_of
 from .note_records import NoteRecords
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ IN_FLIGHT_WAIT_SECONDS = 30.0
 #: A swept claim comes round again after this long if its writer never ran.
 LEASE_SECONDS = 300.0
 
+
 @dataclass
-class Turn:
+class NoteTurn:
     """A writer's turn at a claim's head note: its lock token, and the pacing member it was admitted as."""
 
     store_id: str
@@ -95,30 +96,24 @@ class NoteMirror:
         # A writer may look a note up (Zendesk: up to 3 pages) and write it under one lock.
         self.records = NoteRecords(host, plugin, delivery.ledger, delivery.pacer,
                                    lock_ms=int((4 * delivery.helpdesk.request_timeout + 5) * 1000))
-        options = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000,
-                   "on_retry_exhausted": "opcore.exhausted"}
-        self.add_actor = host.actor(self.add_note, plugin=plugin, **options)
-        self.write_actor = host.actor(self.write_notes, plugin=plugin, **options)
+        self.add_actor = host.actor(self.add_note, plugin=plugin, **delivery.actor_options)
+        self.write_actor = host.actor(self.write_notes, plugin=plugin, **delivery.actor_options)
 
     # -- arrival ------------------------------------------------------------------------------
     def message_created(self, message: MessageCreated, event: Event) -> None:
         """Queue the message as a note if its store mirrors messages to this helpdesk."""
         if not self.mirroring(message.store_id):
             return
-        created = message.created_at
-        if created is not None and created.tzinfo is None:  # Order Protection writes UTC
-            created = created.replace(tzinfo=timezone.utc)
+        created = utc(message.created_at).timestamp() if message.created_at else None
         self.add_note(message.store_id, {
             "key": message_key(message, event), "claim_id": message.claim_id, "message": message.message,
             "sender_type": message.sender_type, "author_name": message.author_name,
-            "created_at": created.timestamp() if created else None, "received_at": event.received_at or time.time()})
+            "created_at": created, "received_at": event.received_at or time.time()})
 
     def mirroring(self, store_id: str) -> bool:
-        """Whether the store has this helpdesk enabled with the mirror on; a cached no is read afresh."""
-        for fresh in (False, True):
-            if self._active(self.delivery.store(store_id, fresh=fresh)[1]):
-                return True
-        return False
+        """Whether the store has this helpdesk enabled with the mirror on (a cached no is read
+        afresh, by the read the dispatch sent along when there is one)."""
+        return self.delivery.stores.find(store_id, self._active)
 
     def add_note(self, store_id: str, entry: dict[str, Any]) -> None:
         """Queue one message (the actor a dead letter replays: it arrives anew, with a new
@@ -170,7 +165,7 @@ class NoteMirror:
             if not helpdesk.usable(config):
                 self._park(store_id, claim_id)
                 return
-            turn = Turn(store_id, claim_id, helpdesk.pacing_scope(config), f"{random.getrandbits(64):016x}",
+            turn = NoteTurn(store_id, claim_id, helpdesk.pacing_scope(config), f"{random.getrandbits(64):016x}",
                         f"{random.getrandbits(128):032x}")
             reply = self.records.take(store_id, claim_id, helpdesk.settings_key(store_id), turn.scope, snap, turn.token,
                                       turn.member, hold=HOLD_SECONDS, in_flight_wait=IN_FLIGHT_WAIT_SECONDS)
@@ -178,9 +173,8 @@ class NoteMirror:
             if outcome == "stale":
                 stale += 1
                 if stale > 3:
-                    raise RuntimeError(f"the {self.plugin} settings of store {store_id!r} kept changing; retrying later")
-                flat = [part.decode() for part in reply[1]]
-                delivery._remember(store_id, dict(zip(flat[::2], flat[1::2])))
+                    raise delivery.settings_kept_changing(store_id)
+                delivery.stores.remember(store_id, fields_of(reply[1]))
                 continue
             if outcome == "again":
                 continue
@@ -202,7 +196,7 @@ class NoteMirror:
         helpdesk = self.delivery.helpdesk
         return config is not None and helpdesk.enabled(config) and helpdesk.mirrors_messages(config)
 
-    def _send(self, turn: Turn, config: Any, ticket_id: str, entry: dict[str, Any], look_first: bool) -> bool:
+    def _send(self, turn: NoteTurn, config: Any, ticket_id: str, entry: dict[str, Any], look_first: bool) -> bool:
         """Write one note (after looking for it, when an earlier write may have acted); False
         when the writer must stop (its work parked)."""
         delivery, helpdesk, records = self.delivery, self.delivery.helpdesk, self.records
@@ -247,7 +241,7 @@ class NoteMirror:
                 end("dead", "dead_note")
                 self._dead(store_id, claim_id, entry, f"gave up after {attempts} attempts: {exc}")
                 return True
-            raise Later(min(2.0 ** (attempts - 1), 600.0) * random.uniform(0.5, 1.0)) from None
+            raise Later(delivery.backoff(attempts - 1)) from None
         end("done", "notes")
         return True
 
@@ -265,8 +259,7 @@ class NoteMirror:
         """Credentials rejected: the writer waits in the store's parking for valid ones. The claim
         leaves the due set meanwhile (a sweep would only park it again); released, its writer
         sets the deadline anew."""
-        self.records.retire(store_id, claim_id, [], "", None)  # refreshes the records' expiry
-        self.records.leave_due(store_id, claim_id)
+        self.records.hold(store_id, claim_id)
         self.delivery.parking.park(store_id, self.write_actor.actor_name, [store_id, claim_id])
         self.delivery.count("parked")
 

@@ -11,11 +11,11 @@ on the dispatch's first Redis command (``prefetching``), and nothing read outliv
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .ledger import Snapshot, snapshot
+from .ledger import Snapshot, fields_of, snapshot
 
 if TYPE_CHECKING:
     from ..store import PinnedRedis
@@ -49,12 +49,16 @@ class StoreCache:
         self._stores.clear()
 
     def uses(self, store_id: str, *, enabled: bool) -> bool:
-        """Whether the store uses this helpdesk; a cached no is checked afresh, by the read
-        ``prefetching`` sent along with this dispatch when there is one."""
+        """Whether the store uses this helpdesk (and has it enabled, with ``enabled``)."""
+        return self.find(store_id, lambda config: not enabled or self.helpdesk.enabled(config))
+
+    def find(self, store_id: str, wanted: Callable[[Any], bool]) -> bool:
+        """Whether the store's settings exist and are ``wanted``. A cached no is checked afresh,
+        by the read ``prefetching`` sent along with this dispatch when there is one."""
         for fresh in (False, True):
             found = self._prefetched(store_id) if fresh else None
             _, config = found if found is not None else self.get(store_id, fresh=fresh)
-            if config is not None and (not enabled or self.helpdesk.enabled(config)):
+            if config is not None and wanted(config):
                 return True
         return False
 
@@ -84,5 +88,4 @@ class StoreCache:
                 or isinstance(pending[1].answer, Exception):
             return None
         self._prefetch.pending = None
-        flat = [part.decode() for part in pending[1].answer]
-        return self.remember(store_id, dict(zip(flat[::2], flat[1::2])))
+        return self.remember(store_id, fields_of(pending[1].answer))

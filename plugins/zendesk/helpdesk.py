@@ -40,7 +40,7 @@ from opcore_hooks import (
 from opcore_hooks.summary import note_text
 
 from . import stores, tickets
-from .client import MAX_COMMENT_PAGES, UnreadableAnswer, ZendeskClient
+from .client import UnreadableAnswer, ZendeskClient
 from .settings import ZendeskSettings
 from .stores import StoreConfig
 
@@ -113,10 +113,10 @@ class Zendesk(Helpdesk[StoreConfig]):
         self._send(call, lambda c: c.add_note(ticket_id, body))
 
     def find_note(self, call: Call[StoreConfig], ticket_id: str, note: Note) -> bool:
-        """List Comments, newest first, for the note's ref: at most ``MAX_COMMENT_PAGES`` pages of 100,
+        """List Comments, newest first, for the note's ref: at most ``client.MAX_COMMENT_PAGES`` pages of 100,
         each read only if the ones before lack it. A note behind more than that many newer comments
         is not seen: it is written again (a duplicate note, never a lost one)."""
-        return self._send(call, lambda c: tickets.has_note(c.comments(ticket_id, pages=MAX_COMMENT_PAGES), note.ref))
+        return self._send(call, lambda c: tickets.has_note(c.comments(ticket_id), note.ref))
 
     def client(self, call: Call[Any], store: StoreConfig) -> ZendeskClient:
         """A client with ``store``'s credentials (a settings check passes the ones being saved)."""
