@@ -4,7 +4,8 @@ A plugin imports from here: ``hookimpl`` to mark its hook implementations, ``Hos
 every hook receives), ``Routes`` to hand over its Starlette routes, the event models,
 ``CredentialsCheck`` for its health, the delivery engine's ``Helpdesk`` seam with its
 ``Pacing``, ``Call`` and the errors a helpdesk's answers map to, ``Panel`` for the widget,
-``read_json``/``read_object``/``BodyError`` to read a bounded JSON body in its own routes, and
+``ThreadTransport``/``transport_for`` to send its requests (a keep-alive connection per
+thread), ``read_json``/``read_object``/``BodyError`` to read a bounded JSON body in its own routes, and
 the one error style every route answers in (``RequestError``, ``problem``, ``check_settings``,
 ``validated``, ``validate_fields``, ``field_errors``, ``error_response``; see ``opcore_hooks.errors``).
 """
@@ -44,6 +45,7 @@ from .events import (
     OrderUpserted,
 )
 from .hookspecs import hookimpl
+from .http import ThreadTransport, transport_for
 from .ids import id_problem
 from .host import Host
 from .panel import Panel
@@ -65,6 +67,8 @@ __all__ = [
     "RequestError",
     "StoreSettingsAPI",
     "Transient",
+    "ThreadTransport",
+    "transport_for",
     "ClaimCreated",
     "ClaimState",
     "ClaimStatusChanged",

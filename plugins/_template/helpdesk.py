@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from opcore_hooks import Call, ClaimCreated, Helpdesk, Host, Note, Pacing
+from opcore_hooks import Call, ClaimCreated, Helpdesk, Host, Note, Pacing, ThreadTransport
 from opcore_hooks.summary import note_text
 
 from .stores import StoreSettings, load, mark_invalid, settings_key, store_ids
@@ -34,9 +34,10 @@ class TemplateDesk(Helpdesk[StoreSettings]):
         super().__init__(host)
         self.name = name
         self.settings: Any = host.plugin_settings(name)
-        #: Every request goes through this client; tests put a stand-in behind it
-        #: (``httpx.Client(transport=httpx.MockTransport(...))``).
-        self.http = httpx.Client(timeout=self.request_timeout)
+        #: Every request goes through this client. The host's ThreadTransport keeps a connection per
+        #: worker thread (httpx's own pool is shared by all of them and costs a worker far more CPU);
+        #: tests put a stand-in in its place (``httpx.Client(transport=httpx.MockTransport(...))``).
+        self.http = httpx.Client(timeout=self.request_timeout, transport=ThreadTransport())
 
     # -- pacing and the store's settings ---------------------------------------------------------
     @property

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from importlib.metadata import version as _version
 from typing import Any, Callable
@@ -20,6 +18,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from opcore_hooks.delivery import parse_retry_after
+from opcore_hooks.http import transport_for
 
 DEFAULT_RETRY_AFTER = 30.0
 """Used when a rate-limited answer has no usable Retry-After: Richpanel's window is 30 s."""
@@ -124,29 +123,13 @@ class ClientTransport(httpx.BaseTransport):
                               request=request)
 
 
-def proxy_for(url: str) -> str | None:
-    """The proxy ``httpx.Client`` would take from the environment for ``url``: HTTP(S)_PROXY or
-    ALL_PROXY, unless NO_PROXY covers its host. Requests go to a transport, not a Client, so the
-    environment is read here."""
-    parts = urllib.parse.urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
-    if urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
-        return None
-    return proxies.get(parts.scheme) or proxies.get("all")
-
-
-def http_transport(url: str, **options: Any) -> httpx.HTTPTransport:
-    """A connection pool for requests to ``url``, through the environment's proxy if any."""
-    return httpx.HTTPTransport(proxy=proxy_for(url), **options)
-
-
 def transport_of(http: httpx.BaseTransport | Any) -> httpx.BaseTransport:
     """A transport as is; anything else with ``request()`` (an httpx or httpx2 Client) wrapped."""
     return http if isinstance(http, httpx.BaseTransport) else ClientTransport(http)
 
 
 class RichpanelClient:
-    """One Richpanel account (API key) over a possibly shared httpx transport (connection pool).
+    """One Richpanel account (API key) over a possibly shared httpx transport (the host's, by default).
 
     Requests go straight to the transport, not through an ``httpx.Client``: the client's
     cookie jar, URL merging, auth and redirect layers cost about 140 µs per request, a seventh
@@ -164,7 +147,7 @@ class RichpanelClient:
         self._api_key = api_key
         self._timeout = httpx.Timeout(timeout).as_dict()
         self._owns_http = http is None
-        self._http = http_transport(base) if http is None else transport_of(http)
+        self._http = transport_for(base) if http is None else transport_of(http)
         self._on_response = on_response
         self.last_rate_limit: RateLimitInfo | None = None
 
@@ -172,7 +155,7 @@ class RichpanelClient:
         return f"RichpanelClient(base_url={self.base_url!r}, api_key={mask_key(self._api_key)!r})"
 
     def close(self) -> None:
-        """Closes the pool only if this client created it; a shared pool belongs to its owner."""
+        """Closes the transport only if this client created it; a shared one belongs to its owner."""
         if self._owns_http:
             self._http.close()
 

@@ -1,6 +1,6 @@
-"""The Richpanel clients of a host: one connection pool per host, a cheap client per key.
+"""The Richpanel clients of a host: one transport per host (a connection per thread), a cheap client per key.
 
-Delivery and the settings check share the pool, and both send through the delivery engine
+Delivery and the settings check share the transport, and both send through the delivery engine
 (``host.delivery("richpanel")``), so a 429/492 met by either blocks the key for both and
 Richpanel's rate-limit headers tighten the pacing whichever request they came back with.
 """
@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 
 from opcore_hooks import Host
+from opcore_hooks.http import transport_for
 
-from .client import RichpanelClient, http_transport, transport_of
+from .client import RichpanelClient, transport_of
 from .settings import RichpanelSettings
 
 NAME = "richpanel"
@@ -37,12 +38,11 @@ def set_http(host: Host, http: httpx.BaseTransport | Any) -> None:
 
 
 def client_for(host: Host, api_key: str) -> RichpanelClient:
-    """A client for one key over the host's shared connection pool; cheap enough per call."""
+    """A client for one key over the host's shared transport; cheap enough per call."""
     settings = settings_of(host)
     with _lock:
         http = _http.get(host)
         if http is None:
-            http = _http[host] = http_transport(
-                settings.api_url, limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
-            weakref.finalize(host, http.close)  # the pool lives exactly as long as its host
+            http = _http[host] = transport_for(settings.api_url)
+            weakref.finalize(host, http.close)  # its connections live exactly as long as its host
     return RichpanelClient(settings.api_url, api_key, http=http, timeout=settings.timeout_seconds)

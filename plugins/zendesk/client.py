@@ -1,4 +1,4 @@
-"""A small Zendesk Support API client: the calls opcore makes, over a shared connection pool.
+"""A small Zendesk Support API client: the calls opcore makes, over a shared client (a connection per thread).
 
 Authentication is HTTP Basic ``{agent email}/token:{api token}``. Failures are left as httpx
 raises them (``raise_for_status``, transport errors); the adapter says what each one means. The

@@ -37,6 +37,7 @@ from opcore_hooks import (
     Transient,
     classify_http,
 )
+from opcore_hooks.http import ThreadTransport
 from opcore_hooks.summary import note_text
 
 from . import stores, tickets
@@ -57,9 +58,9 @@ class Zendesk(Helpdesk[StoreConfig]):
         super().__init__(host)
         found = host.plugin_settings(stores.NAME)
         self.settings = found if isinstance(found, ZendeskSettings) else ZendeskSettings()
-        #: One connection pool per host; tests put a stand-in behind it.
-        self.http = httpx.Client(timeout=self.settings.timeout_seconds,
-                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        #: One client per host, a connection per thread (proxies from the environment through httpx's
+        #: own); tests put a stand-in in its place.
+        self.http = httpx.Client(timeout=self.settings.timeout_seconds, transport=ThreadTransport())
         weakref.finalize(self, self.http.close)
 
     @property

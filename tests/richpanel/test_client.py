@@ -288,7 +288,7 @@ def test_an_answer_carries_its_request_as_httpx_clients_do():
     ({"HTTPS_PROXY": "http://proxy.local:3128"}, "http://127.0.0.1:8080", None),  # plain http: HTTP_PROXY only
 ])
 def test_the_richpanel_transport_takes_its_proxy_from_the_environment(monkeypatch, env, url, expected):
-    from plugins.richpanel.client import proxy_for
+    from opcore_hooks.http import proxy_for
 
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "all_proxy",
                  "no_proxy"):

@@ -1,0 +1,291 @@
+"""The host's outbound transport against a real socket: what a helpdesk plugin relies on when
+it sends a ticket. A small scripted HTTP/1.1 server counts connections and requests, so each
+test sees what went over the wire, not what the transport believes it sent."""
+
+from __future__ import annotations
+
+import gc
+import json
+import datetime
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from opcore_hooks import ThreadTransport, transport_for
+
+TIMEOUT = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    connection: int
+
+
+@dataclass
+class Server:
+    """Answers each request with ``reply(seen)``: raw bytes to write, or None to close unanswered."""
+
+    reply: Callable[[Seen], bytes | None]
+    tls: ssl.SSLContext | None = None
+    sock: socket.socket = field(default_factory=lambda: socket.create_server(("127.0.0.1", 0)))
+    requests: list[Seen] = field(default_factory=list)
+    connections: int = 0
+    open_connections: set[socket.socket] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://localhost:{self.sock.getsockname()[1]}"
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.open_connections.add(conn)
+            threading.Thread(target=self._handle, args=(conn, self.connections), daemon=True).start()
+
+    def _handle(self, conn: socket.socket, number: int) -> None:
+        try:
+            if self.tls is not None:
+                self.open_connections.discard(conn)
+                conn = self.tls.wrap_socket(conn, server_side=True)
+                self.open_connections.add(conn)
+            reader = conn.makefile("rb")
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                method, target, _ = line.decode().split(" ", 2)
+                headers = []
+                while (header := reader.readline()) not in (b"\r\n", b""):
+                    name, value = header.decode().split(":", 1)
+                    headers.append((name, value.strip()))
+                length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+                seen = Seen(method, target, headers, reader.read(length), number)
+                self.requests.append(seen)
+                answer = self.reply(seen)
+                if answer is None:
+                    return
+                conn.sendall(answer)
+        except OSError:
+            return
+        finally:
+            self.open_connections.discard(conn)
+            conn.close()
+
+    def close_idle(self) -> None:
+        """What a server's keep-alive timeout does: close every connection it holds."""
+        for conn in list(self.open_connections):
+            conn.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + 5
+        while self.open_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def ok(body: dict | None = None, extra: str = "") -> bytes:
+    content = json.dumps(body if body is not None else {"ok": True}).encode()
+    return (f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(content)}\r\n{extra}\r\n"
+            .encode() + content)
+
+
+@contextmanager
+def server(reply: Callable[[Seen], bytes | None] = lambda seen: ok(), tls: ssl.SSLContext | None = None) -> Iterator[Server]:
+    running = Server(reply, tls)
+    thread = threading.Thread(target=running.serve, daemon=True)
+    thread.start()
+    try:
+        yield running
+    finally:
+        running.sock.close()
+        for conn in list(running.open_connections):
+            conn.close()
+
+
+def post(transport: httpx.BaseTransport, url: str, payload: dict | None = None, **extensions) -> httpx.Response:
+    request = httpx.Request("POST", f"{url}/v1/tickets?x=1", json=payload or {"ticket": {"subject": "hi"}},
+                            headers={"x-key": "k"}, extensions={"timeout": TIMEOUT, **extensions})
+    response = transport.handle_request(request)
+    response.read()
+    return response
+
+
+def test_a_thread_reuses_one_connection_and_sends_what_httpx_prepared():
+    with server() as srv:
+        transport = ThreadTransport()
+        answers = [post(transport, srv.url, {"n": i}) for i in range(5)]
+        assert [a.json() for a in answers] == [{"ok": True}] * 5
+        assert srv.connections == 1
+        first = srv.requests[0]
+        assert (first.method, first.target) == ("POST", "/v1/tickets?x=1")
+        assert json.loads(first.body) == {"n": 0}
+        names = [name.lower() for name, _ in first.headers]
+        # Exactly httpx.Request's headers: nothing added (no Accept-Encoding), nothing twice.
+        assert sorted(names) == sorted(name.decode().lower() for name, _ in httpx.Request(
+            "POST", f"{srv.url}/v1/tickets?x=1", json={"n": 0}, headers={"x-key": "k"}).headers.raw)
+        assert len(names) == len(set(names))
+        transport.close()
+
+
+def test_each_thread_keeps_its_own_connection():
+    with server() as srv:
+        transport = ThreadTransport()
+        done = []
+
+        def send() -> None:
+            for _ in range(3):
+                done.append(post(transport, srv.url).status_code)
+
+        threads = [threading.Thread(target=send) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert done == [200] * 12
+        assert srv.connections == 4
+        assert sorted({(r.connection) for r in srv.requests}) == [1, 2, 3, 4]
+        transport.close()
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_before_sending():
+    with server() as srv:
+        transport = ThreadTransport()
+        post(transport, srv.url)
+        srv.close_idle()
+        assert post(transport, srv.url).status_code == 200  # no error reaches the caller
+        assert srv.connections == 2
+        assert len(srv.requests) == 2  # and the request went once
+        transport.close()
+
+
+def test_a_request_whose_answer_is_lost_is_an_error_and_is_not_sent_again():
+    with server(lambda seen: None) as srv:  # reads the request, then hangs up
+        transport = ThreadTransport()
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            post(transport, srv.url)
+        assert isinstance(caught.value, httpx.TransportError)
+        assert len(srv.requests) == 1  # the helpdesk may have acted: only the caller may repeat it
+
+
+def test_no_listener_is_a_connect_error():
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(httpx.ConnectError):
+        post(ThreadTransport(), f"http://127.0.0.1:{port}")
+
+
+def test_a_slow_answer_is_a_read_timeout():
+    def slow(seen: Seen) -> bytes:
+        time.sleep(1.0)
+        return ok()
+
+    with server(slow) as srv:
+        request = httpx.Request("GET", f"{srv.url}/v1/teams",
+                                extensions={"timeout": {**TIMEOUT, "read": 0.2}})
+        with pytest.raises(httpx.ReadTimeout):
+            ThreadTransport().handle_request(request)
+
+
+def test_connection_close_chunked_answers_and_repeated_headers_arrive_whole():
+    chunked = (b"HTTP/1.1 429 Too Many Requests\r\ntransfer-encoding: chunked\r\nretry-after: 7\r\n"
+               b"x-note: a\r\nx-note: b\r\nconnection: close\r\n\r\n"
+               b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+    with server(lambda seen: chunked) as srv:
+        transport = ThreadTransport()
+        first = post(transport, srv.url)
+        assert (first.status_code, first.json(), first.headers["retry-after"]) == (429, {"a": 1}, "7")
+        assert first.headers.get_list("x-note") == ["a", "b"]
+        assert first.reason_phrase == "Too Many Requests"
+        post(transport, srv.url)
+        assert srv.connections == 2  # the server said close: the next request opened a new one
+        transport.close()
+
+
+def test_a_thread_that_ends_closes_its_connection_and_close_closes_the_rest():
+    with server() as srv:
+        transport = ThreadTransport()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            worker = threading.Thread(target=post, args=(transport, srv.url))
+            worker.start()
+            worker.join()
+            post(transport, srv.url)
+            del worker
+            gc.collect()
+        assert srv.connections == 2
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)]  # closed, not left to the GC
+        deadline = time.monotonic() + 5
+        while len(srv.open_connections) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(srv.open_connections) == 1  # the ended thread's connection is closed
+        transport.close()
+        while srv.open_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not srv.open_connections
+
+
+def test_an_unknown_scheme_is_refused_before_anything_is_sent():
+    with pytest.raises(httpx.UnsupportedProtocol):
+        ThreadTransport().handle_request(httpx.Request("GET", "ftp://example.invalid/x"))
+
+
+def test_a_proxy_from_the_environment_goes_through_httpx(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    assert isinstance(transport_for("https://api.richpanel.com"), httpx.HTTPTransport)
+    assert isinstance(transport_for("https://internal.example"), ThreadTransport)
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert isinstance(transport_for("https://api.richpanel.com"), ThreadTransport)
+
+
+def self_signed(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(the server's context, a client context that trusts only that certificate) for localhost."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert_file, key_file)
+    trusting = ssl.create_default_context(cafile=str(cert_file))
+    return served, trusting
+
+
+def test_https_verifies_the_server_certificate(tmp_path):
+    served, trusting = self_signed(tmp_path)
+    with server(tls=served) as srv:
+        assert srv.url.startswith("https://localhost:")
+        with pytest.raises(httpx.ConnectError, match="certificate"):
+            post(ThreadTransport(), srv.url)  # the system's CAs do not know this certificate
+        transport = ThreadTransport(tls=trusting)
+        assert [post(transport, srv.url).json() for _ in range(3)] == [{"ok": True}] * 3
+        assert srv.connections == 2  # the refused handshake, then one kept connection
+        transport.close()
