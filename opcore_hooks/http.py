@@ -33,6 +33,10 @@ import httpx
 
 Origin = tuple[str, str, int]
 
+#: Connections a thread keeps open, one per origin; the least recently used closes first. Zendesk
+#: has an origin per subdomain: without a bound, a worker thread would hold one per account.
+MAX_ORIGINS_PER_THREAD = 8
+
 
 def proxy_for(url: str) -> str | None:
     """The proxy ``httpx.Client`` would take from the environment for ``url``: HTTP(S)_PROXY or
@@ -53,7 +57,8 @@ def transport_for(url: str) -> httpx.BaseTransport:
 
 
 class ThreadTransport(httpx.BaseTransport):
-    """An httpx transport whose every thread keeps one HTTP/1.1 connection per origin.
+    """An httpx transport whose every thread keeps one HTTP/1.1 connection per origin (at most
+    ``MAX_ORIGINS_PER_THREAD``).
 
     A connection found closed by the server while it was idle is replaced before the request
     is sent. A request whose connection fails after it was sent is not sent again: the
@@ -104,15 +109,17 @@ class ThreadTransport(httpx.BaseTransport):
             weakref.finalize(held, _close_all, held.by_origin)  # the thread ended: close its connections
             with self._lock:
                 self._held.add(held)
-        conn = held.by_origin.get(origin)
+        conn = held.by_origin.pop(origin, None)  # put back last: the dict's order is recency of use
         if conn is None:
+            while len(held.by_origin) >= MAX_ORIGINS_PER_THREAD:
+                held.by_origin.pop(next(iter(held.by_origin))).close()
             scheme, host, port = origin
             # Looked up at call time: vcrpy's cassettes patch these classes.
             if scheme == "https":
                 conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls_context())
             else:
                 conn = http.client.HTTPConnection(host, port, timeout=timeout)
-            held.by_origin[origin] = conn
+        held.by_origin[origin] = conn
         sock = conn.sock if isinstance(conn.sock, socket.socket) else None
         if sock is not None and _dropped(sock):
             conn.close()  # the server closed it while idle (keep-alive timeout): reconnect now

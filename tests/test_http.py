@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from opcore_hooks import ThreadTransport, transport_for
+from opcore_hooks.http import MAX_ORIGINS_PER_THREAD
 
 TIMEOUT = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
 
@@ -288,4 +289,23 @@ def test_https_verifies_the_server_certificate(tmp_path):
         transport = ThreadTransport(tls=trusting)
         assert [post(transport, srv.url).json() for _ in range(3)] == [{"ok": True}] * 3
         assert srv.connections == 2  # the refused handshake, then one kept connection
+        transport.close()
+
+
+def test_a_thread_keeps_at_most_a_few_origins_open_closing_the_least_recently_used():
+    with ExitStack() as stack:
+        servers = [stack.enter_context(server()) for _ in range(MAX_ORIGINS_PER_THREAD + 2)]
+        transport = ThreadTransport()
+        post(transport, servers[0].url)
+        for srv in servers[2:]:
+            post(transport, srv.url)
+            post(transport, servers[0].url)  # kept in use: never the least recent
+        deadline = time.monotonic() + 5
+        while sum(len(s.open_connections) for s in servers) > MAX_ORIGINS_PER_THREAD and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(len(s.open_connections) for s in servers) == MAX_ORIGINS_PER_THREAD
+        assert servers[0].connections == 1 and servers[0].open_connections  # the busy origin kept its one
+        assert not servers[2].open_connections and all(s.open_connections for s in servers[3:])  # the oldest went
+        post(transport, servers[2].url)  # and a closed origin simply connects again
+        assert servers[2].connections == 2
         transport.close()
