@@ -96,6 +96,11 @@ class ThreadTransport(httpx.BaseTransport):
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise _transport_error(exc, request, connecting=fresh and not sent, sent=sent) from exc
+        except ValueError:  # http.client refused a header or the request line; nothing was sent
+            conn.close()
+            # Its message quotes the value, which may be a credential: name what was wrong, not it.
+            raise httpx.LocalProtocolError("a header or the request line is not valid HTTP (a line break "
+                                           "or a control character in it?)", request=request) from None
         # An answer with "Connection: close" has closed the connection (http.client does): the
         # thread's next request opens a new one.
         return httpx.Response(answer.status, headers=answer.getheaders(), content=content, request=request,

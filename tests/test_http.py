@@ -309,3 +309,13 @@ def test_a_thread_keeps_at_most_a_few_origins_open_closing_the_least_recently_us
         post(transport, servers[2].url)  # and a closed origin simply connects again
         assert servers[2].connections == 2
         transport.close()
+
+
+def test_a_header_that_would_split_the_request_is_refused_without_echoing_it():
+    with server() as srv:
+        request = httpx.Request("GET", f"{srv.url}/v1/teams", headers={"x-key": "rp_secret_value\r\nX-Evil: 1"},
+                                extensions={"timeout": TIMEOUT})
+        with pytest.raises(httpx.LocalProtocolError) as caught:
+            ThreadTransport().handle_request(request)
+        assert "rp_secret_value" not in str(caught.value) and caught.value.__cause__ is None
+        assert srv.requests == []  # nothing reached the server
