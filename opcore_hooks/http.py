@@ -64,6 +64,11 @@ class ThreadTransport(httpx.BaseTransport):
     is sent. A request whose connection fails after it was sent is not sent again: the
     helpdesk may have acted on it, and only the caller knows whether repeating it is safe.
     Each thread's connections close when the thread ends, and all of them on ``close()``.
+
+    Where it differs from ``httpx.HTTPTransport``: no HTTP/2; an answer is read whole before
+    it is returned (``iter_raw`` and friends still work); an error answer sent while a large
+    body is still being written is lost to the write error (helpdesk requests are small JSON);
+    an answer with more than 100 headers is refused (``http.client``'s limit).
     """
 
     def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
@@ -76,38 +81,58 @@ class ThreadTransport(httpx.BaseTransport):
         url = request.url
         if url.scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"cannot send {url.scheme!r} URLs", request=request)
-        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
-        timeout = request.extensions.get("timeout", {}).get("read")
+        # raw_host: the IDNA-encoded name (or an IPv6 address without brackets) that httpx connects to.
+        origin = (url.scheme, url.raw_host.decode("ascii"), url.port or (443 if url.scheme == "https" else 80))
+        timeouts = request.extensions.get("timeout", {})
         body = request.read()
         headers = request.headers.raw  # as httpx.Request prepared them: Host and Content-Length included
         if "transfer-encoding" in request.headers:  # a streamed body, read whole above: send its length
             headers = [(k, v) for k, v in headers if k.lower() != b"transfer-encoding"]
             headers.append((b"Content-Length", str(len(body)).encode()))
-        conn, fresh = self._connection(origin, timeout)
-        sent = False
+        conn = self._connection(origin)
+        step = "connect"
         try:
+            sock = conn.sock if isinstance(conn.sock, socket.socket) else None
+            if sock is None:
+                conn.timeout = timeouts.get("connect")
+                conn.connect()
+                sock = conn.sock if isinstance(conn.sock, socket.socket) else None  # (a cassette has none)
+            step = "write"
+            if sock is not None:
+                sock.settimeout(timeouts.get("write"))
             conn.putrequest(request.method, url.raw_path.decode("ascii"), skip_host=True, skip_accept_encoding=True)
             for name, value in headers:
                 conn.putheader(name, value)
             conn.endheaders(body or None)
-            sent = True
+            step = "read"
+            if sock is not None:
+                sock.settimeout(timeouts.get("read"))
             answer = conn.getresponse()
             content = answer.read()
-        except (OSError, http.client.HTTPException) as exc:
+        except ValueError as exc:
             conn.close()
-            raise _transport_error(exc, request, connecting=fresh and not sent, sent=sent) from exc
-        except ValueError:  # http.client refused a header or the request line; nothing was sent
+            if step == "write":  # http.client refused a header or the request line: nothing was sent
+                # Its message quotes the value, which may be a credential: name what was wrong, not it.
+                raise httpx.LocalProtocolError("a header or the request line is not valid HTTP (a line break "
+                                               "or a control character in it?)", request=request) from None
+            raise _transport_error(exc, request, step) from exc
+        except Exception as exc:  # noqa: BLE001 - any failure of the exchange is httpx's TransportError
             conn.close()
-            # Its message quotes the value, which may be a credential: name what was wrong, not it.
-            raise httpx.LocalProtocolError("a header or the request line is not valid HTTP (a line break "
-                                           "or a control character in it?)", request=request) from None
+            raise _transport_error(exc, request, step) from exc
+        except BaseException:  # interrupted mid-exchange: never reuse a connection in an unknown state
+            conn.close()
+            raise
         # An answer with "Connection: close" has closed the connection (http.client does): the
-        # thread's next request opens a new one.
-        return httpx.Response(answer.status, headers=answer.getheaders(), content=content, request=request,
-                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": answer.reason.encode("latin-1")})
+        # thread's next request opens a new one. Header bytes go back as they came (latin-1 is
+        # http.client's own decoding); the body as a stream, decoded by httpx when read.
+        return httpx.Response(
+            answer.status, request=request, stream=httpx.ByteStream(content),
+            headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.getheaders()],
+            extensions={"http_version": b"HTTP/1.0" if answer.version == 10 else b"HTTP/1.1",
+                        "reason_phrase": answer.reason.encode("latin-1")})
 
-    def _connection(self, origin: Origin, timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection to ``origin``, and whether it has yet to connect."""
+    def _connection(self, origin: Origin) -> http.client.HTTPConnection:
+        """This thread's connection to ``origin``: connected and idle, or not connected yet."""
         held = getattr(self._local, "held", None)
         if held is None:
             held = self._local.held = _Connections()
@@ -121,18 +146,14 @@ class ThreadTransport(httpx.BaseTransport):
             scheme, host, port = origin
             # Looked up at call time: vcrpy's cassettes patch these classes.
             if scheme == "https":
-                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls_context())
+                conn = http.client.HTTPSConnection(host, port, context=self._tls_context())
             else:
-                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+                conn = http.client.HTTPConnection(host, port)
+            conn.response_class = _FinalResponse
         held.by_origin[origin] = conn
-        sock = conn.sock if isinstance(conn.sock, socket.socket) else None
-        if sock is not None and _dropped(sock):
+        if isinstance(conn.sock, socket.socket) and _dropped(conn.sock):
             conn.close()  # the server closed it while idle (keep-alive timeout): reconnect now
-            sock = None
-        conn.timeout = timeout
-        if sock is not None:
-            sock.settimeout(timeout)
-        return conn, sock is None
+        return conn
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:  # loading the CA bundle takes milliseconds: once per transport
@@ -164,24 +185,49 @@ def _close_all(by_origin: dict[Origin, Any]) -> None:
 
 
 def _dropped(sock: socket.socket) -> bool:
-    """An idle keep-alive socket that is readable has been closed (or answered out of turn)."""
+    """An idle keep-alive socket that is readable has been closed (or answered out of turn).
+    poll, not select: select fails on descriptors numbered 1024 or more."""
     try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True
     return bool(readable)
 
 
-def _transport_error(exc: BaseException, request: httpx.Request, *, connecting: bool,
-                     sent: bool) -> httpx.TransportError:
-    """httpx's error for what went wrong, so callers see the same failures as with httpx's own transport."""
+class _FinalResponse(http.client.HTTPResponse):
+    """Skips every interim 1xx answer (103 Early Hints, 102 Processing), as httpx does.
+
+    http.client skips only 100 Continue and would hand a 103 to the caller as the answer,
+    leaving the real one on the wire for the thread's next request: another store's answer.
+    A debt: this overrides ``_read_status``, http.client's private step that reads a status
+    line (stable since Python 3.5; tests/test_http.py checks the behaviour).
+    """
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()
+            if not 100 <= status < 200 or status in (100, 101):  # 100: http.client's own loop skips it
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's headers: read and dropped
+
+
+def _transport_error(exc: BaseException, request: httpx.Request, step: str) -> httpx.TransportError:
+    """httpx's error for what failed at ``step`` (connect, write or read), so callers see the
+    failures httpx's own transport reports: a connect error was never sent."""
     detail = str(exc) or type(exc).__name__
-    if connecting and isinstance(exc, TimeoutError):
-        return httpx.ConnectTimeout(detail, request=request)
-    if connecting and isinstance(exc, (ConnectionRefusedError, socket.gaierror, ssl.SSLError)):
-        return httpx.ConnectError(detail, request=request)
-    if isinstance(exc, TimeoutError):
-        return (httpx.ReadTimeout if sent else httpx.WriteTimeout)(detail, request=request)
-    if isinstance(exc, http.client.HTTPException):  # a bad status line, headers, or a close without an answer
-        return httpx.RemoteProtocolError(detail, request=request)
-    return (httpx.ReadError if sent else httpx.WriteError)(detail, request=request)
+    timed_out = isinstance(exc, TimeoutError)
+    if step == "connect":
+        return (httpx.ConnectTimeout if timed_out else httpx.ConnectError)(detail, request=request)
+    if step == "write":
+        return (httpx.WriteTimeout if timed_out else httpx.WriteError)(detail, request=request)
+    if timed_out:
+        return httpx.ReadTimeout(detail, request=request)
+    if isinstance(exc, OSError) and not isinstance(exc, http.client.HTTPException):
+        return httpx.ReadError(detail, request=request)
+    # A bad status line or headers, a close without an answer (RemoteDisconnected is both), a
+    # chunk size too large to hold.
+    return httpx.RemoteProtocolError(detail, request=request)

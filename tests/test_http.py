@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import contextlib
 import datetime
 import ipaddress
 import socket
 import ssl
+import struct
 import threading
 import time
 import warnings
@@ -319,3 +322,81 @@ def test_a_header_that_would_split_the_request_is_refused_without_echoing_it():
             ThreadTransport().handle_request(request)
         assert "rp_secret_value" not in str(caught.value) and caught.value.__cause__ is None
         assert srv.requests == []  # nothing reached the server
+
+
+def test_interim_answers_are_skipped_and_never_reach_the_next_request():
+    def early_hints(seen: Seen) -> bytes:
+        key = dict((k.lower(), v) for k, v in seen.headers)["x-key"]
+        return b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + ok({"for": key})
+
+    with server(early_hints) as srv:
+        transport = ThreadTransport()
+        answers = []
+        for key in ("store-a", "store-b", "store-c"):
+            request = httpx.Request("GET", f"{srv.url}/v1/teams", headers={"x-key": key},
+                                    extensions={"timeout": TIMEOUT})
+            answer = transport.handle_request(request)
+            answer.read()
+            answers.append((answer.status_code, answer.json()))
+        # Each request gets its own final answer: never a 103, never another store's answer.
+        assert answers == [(200, {"for": "store-a"}), (200, {"for": "store-b"}), (200, {"for": "store-c"})]
+        transport.close()
+
+
+def test_header_bytes_outside_ascii_arrive_as_sent():
+    with server(lambda seen: ok(extra="x-reason: café\r\n")) as srv:  # sent as UTF-8 bytes
+        answer = post(ThreadTransport(), srv.url)
+        assert answer.headers.raw[-1] == (b"x-reason", "café".encode())  # the server's bytes, untouched
+        assert answer.json() == {"ok": True}
+
+
+def test_keep_alive_holds_when_the_process_has_many_files_open():
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # sockets numbered past select's 1024
+    try:
+        with server() as srv:
+            transport = ThreadTransport()
+            for _ in range(3):
+                post(transport, srv.url)
+            assert srv.connections == 1
+            transport.close()
+    finally:
+        for fd in spare:
+            os.close(fd)
+
+
+def test_a_connection_reset_during_the_tls_handshake_is_a_connect_error():
+    sock = socket.create_server(("127.0.0.1", 0))
+
+    def reset() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = sock.accept()
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+
+    threading.Thread(target=reset, daemon=True).start()
+    try:
+        with pytest.raises(httpx.ConnectError):  # known never to have been sent
+            post(ThreadTransport(), f"https://127.0.0.1:{sock.getsockname()[1]}")
+    finally:
+        sock.close()
+
+
+def test_a_malformed_answer_is_a_protocol_error_and_the_connection_is_not_reused():
+    answers = iter([b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7fffffffffffffff\r\n", ok()])
+    with server(lambda seen: next(answers)) as srv:
+        transport = ThreadTransport()
+        with pytest.raises(httpx.RemoteProtocolError):
+            post(transport, srv.url)
+        assert post(transport, srv.url).json() == {"ok": True}
+        assert srv.connections == 2
+        transport.close()
+
+
+def test_a_client_streams_the_answer_as_httpx_would():
+    chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/plain\r\n\r\n"
+               b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
+    with server(lambda seen: chunked) as srv, httpx.Client(transport=ThreadTransport(), timeout=5) as client:
+        with client.stream("GET", f"{srv.url}/v1/teams") as answer:
+            assert b"".join(answer.iter_raw()) == b"abcdef"
+            assert "content-length" not in answer.headers  # nothing added to what the server sent
