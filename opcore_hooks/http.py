@@ -10,7 +10,7 @@ cost of that send is the largest single part of its CPU per ticket:
   which walks all its connections under a lock on every request and every answer, polling
   each idle socket;
 - httpcore and h11 spend about 300 µs of Python per request beyond what ``http.client``
-  spends on the same exchange (bench/worker_cpu.py and ``docs/BENCHMARKS.md``).
+  spends on the same exchange (bench/transport.py; figures in ``docs/BENCHMARKS.md``).
 
 So each thread keeps its own connection per origin, as ``opcore_hooks.store.PinnedRedis`` does
 for Redis, and speaks HTTP/1.1 through ``http.client``. Requests through a proxy (HTTP(S)_PROXY,
@@ -92,11 +92,11 @@ class ThreadTransport(httpx.BaseTransport):
         conn = self._connection(origin)
         step = "connect"
         try:
-            sock = conn.sock if isinstance(conn.sock, socket.socket) else None
+            sock = _socket_of(conn)
             if sock is None:
                 conn.timeout = timeouts.get("connect")
                 conn.connect()
-                sock = conn.sock if isinstance(conn.sock, socket.socket) else None  # (a cassette has none)
+                sock = _socket_of(conn)
             step = "write"
             if sock is not None:
                 sock.settimeout(timeouts.get("write"))
@@ -109,15 +109,13 @@ class ThreadTransport(httpx.BaseTransport):
                 sock.settimeout(timeouts.get("read"))
             answer = conn.getresponse()
             content = answer.read()
-        except ValueError as exc:
-            conn.close()
-            if step == "write":  # http.client refused a header or the request line: nothing was sent
-                # Its message quotes the value, which may be a credential: name what was wrong, not it.
-                raise httpx.LocalProtocolError("a header or the request line is not valid HTTP (a line break "
-                                               "or a control character in it?)", request=request) from None
-            raise _transport_error(exc, request, step) from exc
         except Exception as exc:  # noqa: BLE001 - any failure of the exchange is httpx's TransportError
             conn.close()
+            if step == "write" and isinstance(exc, ValueError):  # http.client refused a header or the
+                # request line, before sending anything. Its message quotes the value, which may be a
+                # credential: name what was wrong, not it.
+                raise httpx.LocalProtocolError("a header or the request line is not valid HTTP (a line break "
+                                               "or a control character in it?)", request=request) from None
             raise _transport_error(exc, request, step) from exc
         except BaseException:  # interrupted mid-exchange: never reuse a connection in an unknown state
             conn.close()
@@ -151,7 +149,8 @@ class ThreadTransport(httpx.BaseTransport):
                 conn = http.client.HTTPConnection(host, port)
             conn.response_class = _FinalResponse
         held.by_origin[origin] = conn
-        if isinstance(conn.sock, socket.socket) and _dropped(conn.sock):
+        sock = _socket_of(conn)
+        if sock is not None and _dropped(sock):
             conn.close()  # the server closed it while idle (keep-alive timeout): reconnect now
         return conn
 
@@ -182,6 +181,11 @@ class _Connections:
 def _close_all(by_origin: dict[Origin, Any]) -> None:
     for conn in list(by_origin.values()):
         conn.close()
+
+
+def _socket_of(conn: http.client.HTTPConnection) -> socket.socket | None:
+    """The connection's socket; None before it connects, and under a cassette (vcrpy's fake)."""
+    return conn.sock if isinstance(conn.sock, socket.socket) else None
 
 
 def _dropped(sock: socket.socket) -> bool:
