@@ -19,9 +19,10 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from .auth import BearerAuth
-from .guards import store_ids_checked
+from .guards import replicated_writes, store_ids_checked
 from .host import Host
 from .ingress import Ingress
+from .replication import replication_status
 from .routes import Routes
 from .worker import EmbeddedWorker
 
@@ -56,11 +57,15 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
             host.redis.ping()
         except Exception as exc:  # noqa: BLE001 - any failure means unhealthy, and says which
             return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
+        status = replication_status(host.redis)
         return JSONResponse({
             "status": "ok",
             "store": "embedded" if host.settings.embedded else "redis",
             "plugins": host.plugin_names,
             "plugin_failures": sorted(host.loaded.failures),
+            # Redis answers, so this process is healthy; with fewer replicas in sync than
+            # required, events are refused (503) until one is back: said here, and in /metrics.
+            "replication": {"required": host.replication.required, **(status.as_dict() if status else {})},
         })
 
     internal: list[Mount] = []
@@ -107,7 +112,9 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
             Route("/healthz", healthz),
             Route("/metrics", BearerAuth(metrics, token=token), methods=["GET"]),
             Route("/webhooks/orderprotection", Ingress(host).handle, methods=["POST"]),
-            Mount("/internal", routes=internal, middleware=[Middleware(BearerAuth, token=token)]),
+            Mount("/internal", routes=internal, middleware=[
+                Middleware(BearerAuth, token=token),
+                Middleware(replicated_writes, host=host)]),
             Mount("/widgets", routes=widgets),
         ],
         lifespan=lifespan,

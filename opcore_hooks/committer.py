@@ -33,7 +33,8 @@ from typing import Any, Sequence
 import redis
 from redis.exceptions import NoScriptError
 
-from .store import pinned, read_replies
+from .replication import Replication
+from .store import pinned
 
 log = logging.getLogger("opcore.committer")
 
@@ -47,8 +48,9 @@ class Committer:
     """Runs ``script`` for every ``call()``, batching the calls that are pending together."""
 
     def __init__(self, client: redis.Redis, script: str, *, name: str = "opcore-committer",
-                 max_batch: int = 256) -> None:
+                 max_batch: int = 256, replication: Replication | None = None) -> None:
         self.client = pinned(client)  # the committer thread keeps one connection of the pool
+        self.replication = replication
         self.script = script
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self.name = name
@@ -153,27 +155,25 @@ class Committer:
                 log.warning("%d script result(s) arrived after their event loop closed", len(results))
 
     def _execute(self, batch: list[_Call]) -> list[Any]:
-        """One round trip for the batch: what ``Pipeline.execute`` does, without its bookkeeping.
+        """One round trip for the batch (``PinnedRedis.run_batch``); a rerun is safe: an event
+        that was already marked answers "duplicate".
 
-        redis-py's Pipeline adds observability, HIMPORT and callback handling around the same
-        three connection calls used here (``pack_commands``, ``send_packed_command``,
-        ``read_response``); that bookkeeping was a tenth of the process's time under load.
-        Retries follow the connection's own Retry policy, as the pipeline's do (a rerun is
-        safe: an event that was already marked answers "duplicate"). A connection that
-        failed half-way is closed, never used again with replies still unread.
+        With replicas required, the batch ends with one ``WAIT``: every accept of the batch is
+        answered only once the replicas hold it, and all of them fail with NotReplicated
+        otherwise, duplicates too (the first copy may be the one the replicas lack). The events
+        stay written on the primary, whole: Order Protection's redelivery then answers
+        "duplicate" once the replicas confirm, or "accepted" on a new primary that lost them.
         """
-        commands = [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args, _, _ in batch]
-        connection = self.client.connection  # this thread's own: no pool lock, no readiness poll
-
-        def send_and_read() -> list[Any]:
-            connection.send_packed_command(connection.pack_commands(commands))
-            return read_replies(connection, len(commands))  # a call's error is its own
-
+        commands: list[tuple[Any, ...]] = [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args, _, _ in batch]
+        replication = self.replication
+        if replication is None or not replication.required:
+            return self.client.run_batch(commands)
+        replies = self.client.run_batch([*commands, replication.wait_command])
         try:
-            return connection.retry.call_with_retry(send_and_read, lambda _error: connection.disconnect())
-        except BaseException:
-            connection.disconnect()  # it reconnects on its next use, never with replies unread
-            raise
+            replication.check(replies.pop())
+        except redis.RedisError as exc:
+            return [reply if isinstance(reply, BaseException) else exc for reply in replies]
+        return replies
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any], Any]]) -> None:

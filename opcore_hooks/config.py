@@ -43,6 +43,21 @@ class Settings(BaseSettings):
             raise invalid_settings(exc, "OPCORE_") from None
 
     redis_url: str | None = None
+    #: How many replicas must hold a write (Redis ``WAIT``) before opcore answers 202 or acts on
+    #: it; 0 trusts the primary's memory alone (docs/OPERATIONS.md, "Redis").
+    redis_replicas: int = Field(0, ge=0, le=16)
+    #: How long one ``WAIT`` may take before opcore refuses (503) or retries the work.
+    redis_replica_timeout_ms: int = Field(500, ge=10, le=10_000)
+    #: ``host:port,host:port`` of Redis Sentinels; opcore then follows the primary they name.
+    redis_sentinels: str | None = None
+    #: The Sentinel service name of the primary.
+    redis_sentinel_master: str | None = None
+    #: Passwords (and ACL user, database) of the data nodes and of the Sentinels, for Sentinel
+    #: mode, where no URL carries them.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_sentinel_password: SecretStr | None = None
+    redis_db: int = Field(0, ge=0, le=15)
     webhook_secret: SecretStr | None = None
     admin_token: SecretStr | None = None
     master_key: SecretStr | None = None
@@ -73,9 +88,29 @@ class Settings(BaseSettings):
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @field_validator("redis_sentinels", "redis_sentinel_master", "redis_url", "redis_username")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
     @property
     def embedded(self) -> bool:
-        return not self.redis_url
+        return not self.redis_url and not self.redis_sentinels
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """The Sentinels as (host, port); a malformed entry is a ConfigError naming it."""
+        found = []
+        for entry in (self.redis_sentinels or "").split(","):
+            entry = entry.strip()
+            host, sep, port = entry.rpartition(":")
+            if not entry:
+                continue
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"OPCORE_REDIS_SENTINELS: {entry!r} is not host:port; write the Sentinels "
+                                  "as host:port,host:port (port 26379 by default)")
+            found.append((host.strip("[]"), int(port)))
+        return found
 
     @property
     def plugin_allowlist(self) -> list[str]:

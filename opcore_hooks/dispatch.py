@@ -106,7 +106,8 @@ class Dispatcher:
         self._message_head = _COMPACT(head)[:-1].encode() + b',"args":['
         queue, bulk = f"{broker.namespace}:{QUEUE}", f"{broker.namespace}:{BULK_QUEUE}"
         self._lanes = (queue, f"{queue}.msgs", bulk, f"{bulk}.msgs")
-        self.committer = Committer(host.redis, _ACCEPT, name=f"{host.settings.namespace}-accept")
+        self.committer = Committer(host.redis, _ACCEPT, name=f"{host.settings.namespace}-accept",
+                                   replication=host.replication)
         self._arrived = host.redis.register_script(_ARRIVED)
         broker.declare_queue(BULK_QUEUE)
         self.exhausted = dramatiq.actor(

@@ -2,7 +2,7 @@
 
 A plugin gets the host in every hook and uses only what is public here: ``settings``,
 ``redis``, ``broker``, ``actor()``, ``key()``, ``plugin_settings()``, ``vault``,
-``readmodel``, ``dead_letters``, ``delivery()``, ``panel()``, ``claim_url()`` and ``call_plugin()``. Building two hosts in
+``readmodel``, ``dead_letters``, ``replication``, ``delivery()``, ``panel()``, ``claim_url()`` and ``call_plugin()``. Building two hosts in
 one process is fine (the tests do it all the time) because nothing here is global: each host
 has its own plugin manager, broker and actors.
 """
@@ -25,7 +25,8 @@ from .deadletters import DeadLetters
 from .metrics import Metrics
 from .plugins import LoadedPlugins, load_plugins
 from .readmodel import ReadModel
-from .store import PinnedRedis, connect, pinned
+from .replication import Replication
+from .store import PinnedRedis, connect_settings, pinned
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -43,13 +44,18 @@ class Host:
         plugins: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.redis: PinnedRedis = pinned(redis_client) if redis_client else connect(self.settings.redis_url)
+        self.redis: PinnedRedis = pinned(redis_client) if redis_client else connect_settings(self.settings)
+        #: How many replicas must hold a write before opcore promises or relies on it (``replication.py``).
+        self.replication = Replication(self.settings.redis_replicas, self.settings.redis_replica_timeout_ms,
+                                       self.key("replication", "fence"))
         self.broker = Broker(
             client=self.redis,
             namespace=self.key("dramatiq"),
             heartbeat_timeout=self.settings.heartbeat_timeout_ms,
             maintenance_chance=self.settings.broker_maintenance_chance,
             enqueue_wait_seconds=self.settings.enqueue_wait_seconds,
+            replication=self.replication,
+            on_recovery=lambda what, by: self.metrics.count_refusal(what, by),
         )
         self.loaded: LoadedPlugins = load_plugins(
             plugins, allowlist=self.settings.plugin_allowlist, strict=self.settings.strict_plugins

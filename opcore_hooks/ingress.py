@@ -29,11 +29,16 @@ from .auth import secret_matches
 from .bodies import BodyError, read_json
 from .errors import error_response, field_errors
 from .events import BODY_MODELS, Envelope, Event, normalize_topic, parse_body, received_form
+from .replication import NotReplicated
 
 if TYPE_CHECKING:
     from .host import Host
 
 log = logging.getLogger("opcore.ingress")
+
+#: When Order Protection may try a refused (503) event again: a replica or a Redis failover
+#: usually settles within seconds.
+RETRY_AFTER = {"Retry-After": "2"}
 
 class Ingress:
     def __init__(self, host: Host) -> None:
@@ -89,9 +94,15 @@ class Ingress:
         try:
             accepted = await self.host.dispatcher.accept(event, self._seen_key(event.id),
                                                          self.host.settings.event_ttl_seconds, wire=wire)
+        except NotReplicated as exc:
+            log.error("event %r not acknowledged: %s", event.id, exc)
+            await run_in_threadpool(self.host.metrics.count_refusal, "ingress")
+            return error_response(503, "the event is not yet on enough Redis replicas to be promised; send it "
+                                  "again", headers=RETRY_AFTER)
         except (RedisError, BrokerError, ConnectionError, OSError) as exc:
             log.error("broker unavailable, event %r not accepted: %s", event.id, type(exc).__name__)
-            return error_response(503, "the queue is unavailable; the event was not accepted, retry later")
+            return error_response(503, "the queue is unavailable; the event was not accepted, retry later",
+                                  headers=RETRY_AFTER)
         if not accepted:
             return _json({"status": "duplicate", "event_id": event.id}, 200)
         return _json({"status": "accepted", "event_id": event.id}, 202)

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from redis.exceptions import RedisError
+
 from .delivery.ledger import LATENCY_BUCKETS
+from .replication import replication_status
 from .events import BODY_MODELS
 
 if TYPE_CHECKING:
@@ -45,6 +48,8 @@ class Metrics:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.events_key = host.key("metrics", "events")
+        #: Work refused or held back because replicas did not confirm a write, by where.
+        self.refusals_key = host.key("metrics", "replication")
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -52,6 +57,14 @@ class Metrics:
         """Count an event the ingress ignored or refused (accepted and duplicate events are
         counted by the accept script itself)."""
         self.host.redis.hincrby(self.events_key, f"{topic_label(topic)}|{outcome}", 1)
+
+    def count_refusal(self, where: str, by: int = 1) -> None:
+        """Count work a missing replica confirmation held back (``ingress``, ``delivery``,
+        ``settings``) or a worker's recovery on a new primary; a count lost to Redis is no matter."""
+        try:
+            self.host.redis.hincrby(self.refusals_key, where, by)
+        except RedisError:
+            pass
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -91,6 +104,35 @@ class Metrics:
         yield from (deliveries, limited, latency, parked, stores, invalid)
         yield self._dead_letters()
         yield from self._queues()
+        yield from self._replication()
+
+    def _replication(self) -> Iterator[Metric]:
+        """The replicas the primary has and how far behind they are, what the deployment requires,
+        and the work held back or recovered for want of them (docs/OPERATIONS.md, "Redis")."""
+        host = self.host
+        required = GaugeMetricFamily("opcore_redis_replicas_required", "Replicas that must confirm a write "
+                                     "(OPCORE_REDIS_REPLICAS) before opcore promises or acts on it.")
+        required.add_metric([], host.replication.required)
+        yield required
+        status = replication_status(host.redis)
+        if status is not None:
+            in_sync = GaugeMetricFamily("opcore_redis_replicas_in_sync", "Replicas online whose last "
+                                        "acknowledgement is at most a second old.")
+            in_sync.add_metric([], status.in_sync)
+            lag = GaugeMetricFamily("opcore_redis_replica_lag_seconds", "Seconds since the most lagging replica "
+                                    "acknowledged the primary's stream.")
+            lag.add_metric([], status.max_lag_seconds)
+            behind = GaugeMetricFamily("opcore_redis_replica_lag_bytes", "Bytes of the primary's stream the most "
+                                       "lagging replica has not acknowledged.")
+            behind.add_metric([], status.max_lag_bytes)
+            yield from (in_sync, lag, behind)
+        refusals = CounterMetricFamily("opcore_replication_events", "Work held back because replicas did not "
+                                       "confirm a write (ingress: 503s; delivery: retried; settings: 503s), and "
+                                       "a worker's recovery after a new primary (primary_changes; messages "
+                                       "handed_back, resent or reregistered).", labels=["what"])
+        for field, value in sorted(host.redis.hgetall(self.refusals_key).items()):
+            refusals.add_metric([field.decode()], int(value))
+        yield refusals
 
     def _events(self) -> Metric:
         family = CounterMetricFamily("opcore_events", "Webhook events by topic and what the ingress did with them.",

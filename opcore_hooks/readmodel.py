@@ -398,3 +398,12 @@ class ReadModel:
             context.orders.sort(key=lambda o: (_utc(o.placed_at) or _OLDEST, o.order_number or ""), reverse=True)
             context.claims.sort(key=lambda c: (_utc(c.created_at) or _OLDEST, c.claim_id), reverse=True)
         return context
+
+    def claim_identity(self, store_id: str, claim_id: str) -> tuple[str, ClaimView] | None:
+        """The claim's customer email and its row, or None before the claim is recorded: what a
+        delivery needs to look for the claim's ticket when the ticket's id was lost."""
+        email = self.redis.get(self._k(store_id, "claim", claim_id))
+        if email is None:
+            return None
+        raw = self.redis.hget(self._k(store_id, email.decode(), "claims"), claim_id)
+        return None if raw is None else (email.decode(), ClaimView.model_validate_json(raw))

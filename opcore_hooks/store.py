@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterator
 import fakeredis
 import redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ReadOnlyError
+from redis.sentinel import Sentinel
 
-from .config import ConfigError
+from .config import ConfigError, Settings
 
 log = logging.getLogger("opcore.store")
 
@@ -89,6 +90,9 @@ class PinnedRedis(redis.Redis):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._pins = threading.local()
         self._loaded: set[str] = set()  # scripts loaded for write-behind (EVALSHA) by this client
+        #: Connections of this client's threads made so far; a change tells a worker's consumer to
+        #: check whether the Redis it reaches is another primary (``broker._Consumer``).
+        self.connects = 0
         super().__init__(*args, **kwargs)
 
     def _pin(self) -> _Pinned:
@@ -96,12 +100,19 @@ class PinnedRedis(redis.Redis):
         if pin is None:
             pool = self.connection_pool
             pin = self._pins.pin = _Pinned(pool.get_connection())
+            pin.conn.register_connect_callback(self._connected)
             weakref.finalize(pin, pool.release, pin.conn)  # the thread ended: back to the pool
         return pin
 
     @property
     def connection(self) -> redis.connection.AbstractConnection:  # read by redis.Redis.execute_command
-        return self._pin().conn
+        conn = self._pin().conn
+        # What the pool's get_connection does before each command (a no-op when connected). A
+        # Sentinel-managed connection asks the Sentinels for the primary only here: redis-py's
+        # reconnect inside a command goes back to the address it had, which after a failover is
+        # the demoted primary (READONLY on every retry; tests/test_replication.py).
+        conn.connect()
+        return conn
 
     @connection.setter
     def connection(self, value: object) -> None:  # redis.Redis.__init__ sets None
@@ -189,6 +200,7 @@ class PinnedRedis(redis.Redis):
         if pin is None or conn is not pin.conn:
             return super()._send_command_parse_response(conn, command_name, *args, **options)
         queued = pin.queued  # only ever filled inside a block, and emptied when it ends
+        error: redis.ResponseError | None = None
         try:
             if not queued:
                 return super()._send_command_parse_response(conn, command_name, *args, **options)
@@ -200,18 +212,61 @@ class PinnedRedis(redis.Redis):
             pin.queued = []
             pin.done.extend(queued)
             answer = self.parse_response(conn, command_name, **options)
-        except redis.ResponseError:
-            raise  # an error answer: the connection is in step
+        except redis.ResponseError as exc:  # the command's own error answer: the connection is in step
+            if not queued:
+                if isinstance(exc, ReadOnlyError):
+                    conn.disconnect()  # a demoted primary: reconnect, and find the new one, next time
+                raise
+            error = exc
         except BaseException:
             # Anything else between sending and reading (a lost connection, Dramatiq's time
             # limit raised into this thread) may leave answers unread on a connection this
             # thread keeps: close it, so it reconnects clean instead of answering one behind.
             conn.disconnect()
             raise
-        for item in queued:
-            if isinstance(item.answer, NoScriptError):  # Redis restarted: load it, run it now
-                item.answer = item.script(keys=item.keys, args=item.args, client=self)
+        self._run_unloaded(queued)
+        if isinstance(error, ReadOnlyError) or any(isinstance(item.answer, ReadOnlyError) for item in queued):
+            conn.disconnect()
+        if error is not None:
+            raise error
         return answer
+
+    def _run_unloaded(self, sent: list[Deferred]) -> None:
+        """Run whole the deferred scripts this Redis did not know (it restarted, failed over or
+        flushed its scripts), whatever the command that carried them answered."""
+        for item in sent:
+            if isinstance(item.answer, NoScriptError):
+                self._loaded.discard(item.script.sha)
+                item.answer = item.script(keys=item.keys, args=item.args, client=self)
+
+    def _connected(self, _conn: Any = None) -> None:
+        """On every (re)connect: the server may be another one, which knows none of our scripts."""
+        self._loaded.clear()
+        self.connects += 1
+
+    def run_batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` at once on this thread's connection and read every answer: one round
+        trip (what ``Pipeline.execute`` does without its bookkeeping). An error answer comes back
+        in its command's place; a lost connection retries the whole batch by the connection's
+        Retry policy, so only commands safe to repeat belong here. A connection that failed
+        half-way is closed, never used again with answers unread."""
+        pin = self._pin()
+        self._send_queued(pin)
+        connection = self.connection  # connected, to the current primary
+
+        def send_and_read() -> list[Any]:
+            connection.connect()  # a retry asks the Sentinels again too (see ``connection``)
+            connection.send_packed_command(connection.pack_commands(commands))
+            return read_replies(connection, len(commands))
+
+        try:
+            replies = connection.retry.call_with_retry(send_and_read, lambda _error: connection.disconnect())
+        except BaseException:
+            connection.disconnect()
+            raise
+        if any(isinstance(reply, ReadOnlyError) for reply in replies):
+            connection.disconnect()  # a demoted primary: the next batch finds the new one
+        return replies
 
 
 def read_replies(conn: redis.connection.AbstractConnection, count: int) -> list[Any]:
@@ -226,15 +281,45 @@ def read_replies(conn: redis.connection.AbstractConnection, count: int) -> list[
     return replies
 
 
+#: Socket settings of every connection to a data node: a dead primary is noticed within seconds.
+_SOCKETS: dict[str, Any] = {"health_check_interval": 30, "socket_timeout": 10, "socket_connect_timeout": 5}
+
+
 def connect(url: str | None, *, server: fakeredis.FakeServer | None = None) -> PinnedRedis:
     """A client for ``url``, or for the embedded store (``server`` or the process's own)."""
     if url:
         try:
-            return PinnedRedis.from_url(url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5)
+            return PinnedRedis.from_url(url, **_SOCKETS)
         except ValueError as exc:  # redis-py's reason never holds the URL, which may carry a password
             raise ConfigError(f"OPCORE_REDIS_URL is not a usable Redis URL ({exc}); write it as "
                               "redis://[:password@]host:6379/0 (rediss:// for TLS)") from None
     return pinned(fakeredis.FakeRedis(server=server or embedded_server()))
+
+
+def connect_settings(settings: Settings) -> PinnedRedis:
+    """The deployment's client: through its Sentinels when they are set, else ``OPCORE_REDIS_URL``,
+    else the embedded store.
+
+    With Sentinels, every connection asks them for the current primary when it (re)connects,
+    and one that finds its primary demoted (READONLY) closes and asks again: redis-py's
+    ``Sentinel.master_for``, which every process (web tier, workers, operator commands, the
+    Dramatiq broker on the same client) then follows.
+    """
+    if not settings.redis_sentinels:
+        return connect(settings.redis_url)
+    if not settings.redis_sentinel_master:
+        raise ConfigError("OPCORE_REDIS_SENTINELS is set but OPCORE_REDIS_SENTINEL_MASTER is not: set it to the "
+                          "Sentinel service name of the primary (the name in `sentinel monitor <name> ...`)")
+    sentinel_password = settings.redis_sentinel_password
+    sentinel = Sentinel(
+        settings.sentinel_addresses,
+        sentinel_kwargs={"socket_timeout": 2, "socket_connect_timeout": 2,
+                         "password": sentinel_password.get_secret_value() if sentinel_password else None},
+        **_SOCKETS)
+    password = settings.redis_password
+    return sentinel.master_for(settings.redis_sentinel_master, redis_class=PinnedRedis, db=settings.redis_db,
+                               username=settings.redis_username,
+                               password=password.get_secret_value() if password else None)
 
 
 def check_eviction_policy(client: redis.Redis) -> str | None:

@@ -12,6 +12,10 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -48,6 +52,84 @@ def redis_client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
+
+
+class RedisServer:
+    """A ``redis-server`` of a test's own on a free loopback port (or a Sentinel, with ``sentinel``),
+    stopped and continued by its own pid only: the shared Redis is never touched."""
+
+    def __init__(self, tmp: Path, name: str, *args: str, sentinel: bool = False) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        folder = tmp / name
+        folder.mkdir()
+        if sentinel:
+            conf = folder / "sentinel.conf"
+            conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {folder}\n" + "\n".join(args) + "\n")
+            command = ["redis-server", str(conf), "--sentinel"]
+        else:
+            command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                       "--appendonly", "no", "--dir", str(folder), *args]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client = redis.Redis(port=self.port, socket_timeout=5)
+        wait_for(self._answers, timeout=10)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP): as a stalled link or a starved machine, it acknowledges nothing."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.resume()
+        self.proc.kill()
+        self.proc.wait(10)
+        self.client.close()
+
+
+class RedisPair:
+    """A primary and one replica of it, replicating before this returns."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.primary = RedisServer(tmp, "primary")
+        self.replica = RedisServer(tmp, "replica", "--replicaof", "127.0.0.1", str(self.primary.port))
+        wait_for(lambda: self.replica.client.info("replication").get("master_link_status") == "up", timeout=15)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.primary.port}/0"
+
+    def stop(self) -> None:
+        self.replica.stop()
+        self.primary.stop()
+
+
+#: For tests that need replication: they run in the real-Redis run (CI), where redis-server exists.
+needs_redis_pair = pytest.mark.skipif(not REAL_REDIS or not shutil.which("redis-server"),
+                                      reason="needs the real-Redis run (OPCORE_TEST_REDIS_URL) and redis-server")
+
+
+@pytest.fixture(scope="module")
+def redis_pair_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisPair]:
+    started = RedisPair(tmp_path_factory.mktemp("pair"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def redis_pair(redis_pair_servers: RedisPair) -> Iterator[RedisPair]:
+    """A replicating primary and replica of the module's, emptied, the replica running."""
+    redis_pair_servers.primary.client.flushall()
+    yield redis_pair_servers
+    redis_pair_servers.replica.resume()
 
 
 @pytest.fixture

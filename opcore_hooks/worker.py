@@ -30,7 +30,9 @@ class _KeepDelayed(ConsumerThread):
     an empty one. The messages it held stay claimed by this worker in Redis and come back only
     when the worker is declared dead, which a live worker never is: every paced ticket and
     snooze is a delayed message, and a Redis restart stranded them (found by bench/chaos.py).
-    This keeps them and requeues them as soon as a consumer is connected again.
+    This keeps them and gives them back *whole* as soon as a consumer is connected again
+    (``broker._Consumer.give_back``): after a failover the new primary may not know their ids,
+    and a requeue by id would drop them (bench/failover.py found 235 lost that way).
     """
 
     def __init__(self, **kwargs: object) -> None:

@@ -27,6 +27,7 @@ Dramatiq message per ticket would cost more than the ticket's own work. Only wha
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -34,6 +35,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
 from ..events import ClaimCreated, ClaimStatusChanged, Event, MessageCreated, utc
+from ..replication import NotReplicated
 from .helpdesk import Call, CredentialsRejected, Helpdesk, HelpdeskError, RateLimited, Refused
 from .ledger import EPSILON, Kind, Ledger, Snapshot, Turn
 from .notes import NoteMirror
@@ -48,6 +50,11 @@ log = logging.getLogger("opcore.delivery")
 
 T = TypeVar("T")
 BUSY_RETRY_SECONDS = 2.0
+#: A finish wanted for a claim whose ticket id is unknown looks for the ticket this many times,
+#: FINISH_LOOKUP_SECONDS after the change and doubling (at most an hour apart), then becomes a
+#: dead letter: a failover can lose a ticket's id, never the finish (docs/RELIABILITY.md).
+FINISH_LOOKUPS = 8
+FINISH_LOOKUP_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,9 @@ class Job:
     first: bool = False
     #: When the ingress accepted the claim (unix seconds), for the claim-to-ticket histogram.
     accepted_at: float | None = None
+    #: A wanted finish whose ticket id is unknown: the how-manieth look at the helpdesk for the
+    #: ticket (None for every other job).
+    lookup: int | None = None
 
     @property
     def args(self) -> list[Any]:
@@ -109,19 +119,28 @@ class Delivery:
         pacing = helpdesk.pacing
         self.pacer = Pacer(host.redis, host.key(plugin, "pace"), secret=lambda: host.vault.derive("pacing"),
                            quota=pacing.quota, window=pacing.window, follow_server_limit=pacing.follow_server_limit)
-        # Held across at most a lookup and a create, each bounded by the request timeout; a
-        # killed worker's lock must not hold its claim back much longer than that.
-        lock_ms = int((2 * helpdesk.request_timeout + 5) * 1000)
+        # Held across at most a lookup and a create, each bounded in total by the request timeout
+        # (the transport's deadline, http.py), and the replica confirmation before each; a killed
+        # worker's lock must not hold its claim back much longer than that.
+        lock_ms = self.lock_ms(helpdesk.request_timeout, host.replication.timeout_ms / 1000)
         self.ledger = Ledger(host, plugin, self.pacer, lock_ms, helpdesk.settings_key)
         self.parking = Parking(host, plugin)
         #: Each store's settings as this process last read them, with their snapshot; taking a
         #: turn checks the snapshot against Redis, so a change is seen at the next request.
         self.stores = StoreCache(host.redis, helpdesk)
+        #: Finishes wanted while no ticket id was known, by when to look for the ticket (a zset).
+        self.finish_waits_key = host.key(plugin, "finishwait")
         self.create_actor = host.actor(self.create_ticket, plugin=plugin, **self.actor_options)
         self.finish_actor = host.actor(self.finish_ticket, plugin=plugin, **self.actor_options)
         self._actors = {"create": self.create_actor, "finish": self.finish_actor}
         #: The note mirror (``notes.py``), for a helpdesk that writes notes.
         self.notes = NoteMirror(self) if helpdesk.writes_notes else None
+
+    @staticmethod
+    def lock_ms(request_timeout: float, replica_timeout: float) -> int:
+        """How long a claim's lock lives: longer than everything one turn does under it, two
+        requests and two replica confirmations, with five seconds for Redis and the process."""
+        return int((2 * request_timeout + 2 * replica_timeout + 5) * 1000)
 
     # -- what the plugin's hooks call ------------------------------------------------------
     def claim_created(self, claim: ClaimCreated, event: Event | None = None) -> None:
@@ -137,9 +156,16 @@ class Delivery:
         if change.claim_state.value not in self.helpdesk.finish_states:
             self.ledger.touch(change.store_id, change.claim_id)
             return
-        if self.stores.uses(change.store_id, enabled=False) and self.ledger.want_finish(
-                change.store_id, change.claim_id):
+        if not self.stores.uses(change.store_id, enabled=False):
+            return
+        finish, ticket_id = self.ledger.want_finish(change.store_id, change.claim_id)
+        if finish != "wanted":
+            return
+        if ticket_id is not None:
             self.request_finish(change.store_id, change.claim_id)
+        else:  # created later (then the create sends it), or created and its record lost: look later
+            self.redis.zadd(self.finish_waits_key, {json.dumps([change.store_id, change.claim_id]):
+                                                    time.time() + FINISH_LOOKUP_SECONDS}, nx=True)
 
     def message_created(self, message: MessageCreated, event: Event) -> None:
         """Mirror a claim's message as a private note, for stores that turned the mirror on."""
@@ -147,9 +173,24 @@ class Delivery:
             self.notes.message_created(message, event)
 
     def tick(self) -> None:
-        """Periodic work a worker's ticker runs: the note mirror's deadlines."""
+        """Periodic work a worker's ticker runs: the note mirror's deadlines, and the finishes
+        that waited FINISH_LOOKUP_SECONDS for a ticket id."""
         if self.notes is not None:
             self.notes.sweep()
+        self.sweep_finish_waits()
+
+    def sweep_finish_waits(self, now: float | None = None, limit: int = 500) -> int:
+        """Send a lookup for each finish due to be looked for; returns how many were sent. Each
+        entry goes to the ticker whose ZREM takes it, so several workers share the work. Most
+        find their ticket id recorded by then (the claim was approved before its creation)."""
+        now = time.time() if now is None else now
+        sent = 0
+        for member in self.redis.zrangebyscore(self.finish_waits_key, 0, now, start=0, num=limit):
+            if self.redis.zrem(self.finish_waits_key, member):
+                store_id, claim_id = json.loads(member)
+                self.finish_actor.send_with_options(args=(store_id, claim_id), kwargs={"lookup": 0})
+                sent += 1
+        return sent
 
     def release_parked(self, store_id: str) -> int:
         """Send the store's parked work again (its credentials were fixed); returns how many."""
@@ -226,8 +267,13 @@ class Delivery:
         model = ClaimCreated.model_validate(claim)
         self.run(Job("create", store_id, model.claim_id, slot, attempt, model, claim, accepted_at=accepted_at))
 
-    def finish_ticket(self, store_id: str, claim_id: str, slot: float | None = None, attempt: int = 0) -> None:
-        self.run(Job("finish", store_id, claim_id, slot, attempt))
+    def finish_ticket(self, store_id: str, claim_id: str, slot: float | None = None, attempt: int = 0,
+                      lookup: int | None = None) -> None:
+        self.run(Job("finish", store_id, claim_id, slot, attempt, lookup=lookup))
+
+    @staticmethod
+    def lookup_delay(lookup: int) -> float:
+        return min(FINISH_LOOKUP_SECONDS * 2.0 ** lookup, 3600.0)
 
     def request_finish(self, store_id: str, claim_id: str) -> None:
         self.run(Job("finish", store_id, claim_id))
@@ -241,6 +287,8 @@ class Delivery:
             kwargs: dict[str, Any] = {"slot": later.slot, "attempt": later.attempt}
             if later.kind == "create" and later.accepted_at is not None:
                 kwargs["accepted_at"] = later.accepted_at
+            if later.lookup is not None:
+                kwargs["lookup"] = later.lookup
             if again.delay > EPSILON:
                 actor.send_with_options(args=tuple(later.args), kwargs=kwargs, delay=int(again.delay * 1000) + 1)
             else:
@@ -250,6 +298,12 @@ class Delivery:
         helpdesk = self.helpdesk
         if job.kind == "create" and job.slot is None and self._may_have_expired(job.claim):
             self.ledger.look_up_first(job.store_id, job.claim_id)
+        if job.lookup is not None and job.claim is None:
+            claim = self._claim_to_look_for(job)
+            if claim is None:
+                return
+            job = replace(job, claim=claim)
+        kind: Kind = "create" if job.lookup is not None else job.kind  # a lookup takes a create's turn
         for _ in range(3):
             snap, config = self.store(job.store_id)
             if not self._usable(config):
@@ -257,7 +311,7 @@ class Delivery:
                 if not self._usable(config):
                     self._unusable(job, config)
                     return
-            turn = self.ledger.begin(job.kind, job.store_id, job.claim_id, helpdesk.pacing_scope(config),
+            turn = self.ledger.begin(kind, job.store_id, job.claim_id, helpdesk.pacing_scope(config),
                                      snap, job.slot)
             if turn.outcome != "stale":
                 break
@@ -277,7 +331,8 @@ class Delivery:
             self.count("paced_waits")
             raise Rescheduled(replace(job, slot=turn.at), turn.at - time.time())
         try:
-            finish = self._create(job, config, turn) if job.kind == "create" else self._finish(job, config, turn)
+            self._replicated(job, turn)
+            finish = self._create(job, config, turn) if kind == "create" else self._finish(job, config, turn)
         finally:
             if not turn.finished:
                 self.ledger.finish(job.store_id, job.claim_id, turn)
@@ -289,6 +344,37 @@ class Delivery:
             self.request_finish(job.store_id, job.claim_id)
         if turn.notes_waiting and self.notes is not None:
             self.notes.wake(job.store_id, job.claim_id)
+
+    def _claim_to_look_for(self, job: Job) -> ClaimCreated | None:
+        """What ``find_ticket`` needs of a claim whose finish waits for a ticket id nobody recorded,
+        from the read model (the claim's dispatch wrote it before asking for the ticket); None
+        when the finish needs no lookup (done, or its ticket id known now: sent as a plain
+        finish), or the claim has not arrived yet (looked for later)."""
+        finish, ticket_id = (v.decode() if v else None for v in self.redis.hmget(
+            self.ledger.claim_key(job.store_id, job.claim_id), "finish", "ticket_id"))
+        if finish != "wanted":
+            return None
+        if ticket_id is not None:
+            self.request_finish(job.store_id, job.claim_id)
+            return None
+        found = self.host.readmodel.claim_identity(job.store_id, job.claim_id)
+        if found is None:
+            self._look_later(job, "its claim.created has not been delivered")
+            return None
+        email, view = found
+        return ClaimCreated.model_validate({"store_id": job.store_id, "claim_id": job.claim_id,
+                                            "claim_type": view.claim_type, "claim_state": view.claim_state,
+                                            "claim_number": view.claim_number, "customer": {"email": email}})
+
+    def _look_later(self, job: Job, why: str) -> None:
+        """The wanted finish's next lookup, or a dead letter naming ``why`` once they are spent."""
+        assert job.lookup is not None
+        if job.lookup + 1 >= FINISH_LOOKUPS:
+            self.dead(replace(job, lookup=None), f"the claim was finished but {why} after {FINISH_LOOKUPS} "
+                      "lookups; replay this once its ticket exists")
+            return
+        later = replace(job, slot=None, claim=None, lookup=job.lookup + 1)
+        raise Rescheduled(later, self.lookup_delay(later.lookup or 0))
 
     def _may_have_expired(self, claim: ClaimCreated | None) -> bool:
         """Whether the claim's record may have expired, so its create must ask the helpdesk first.
@@ -325,7 +411,7 @@ class Delivery:
         claim, ledger, helpdesk = job.claim, self.ledger, self.helpdesk
         assert claim is not None
         call = Call(config, turn.scope, self._observer(turn.scope))
-        step: Literal["lookup", "create"] = "lookup" if turn.pending else "create"
+        step: Literal["lookup", "create"] = "lookup" if turn.pending or job.lookup is not None else "create"
         try:
             if step == "lookup":
                 self.count("lookups")
@@ -333,6 +419,10 @@ class Delivery:
                 if existing is not None:
                     return ledger.finish(job.store_id, job.claim_id, turn,
                                          {"ticket_id": str(existing), "pending": "0"}, "adopted", self._since(job))
+                if job.lookup is not None:  # only looking: the claim's own create has not run yet
+                    ledger.finish(job.store_id, job.claim_id, turn, None if turn.pending else {"pending": "0"})
+                    self._look_later(job, f"no {helpdesk.title} ticket was found for it")
+                    return None
                 self._next_request(job, turn)
                 step = "create"
             ticket_id = self._send(call, lambda c: helpdesk.create_ticket(c, claim), count=True)
@@ -372,6 +462,22 @@ class Delivery:
             self.count("paced_waits")
             raise Rescheduled(replace(job, slot=retry_at), retry_at - time.time())
         self.ledger.set(job.store_id, job.claim_id, pending="1")
+        self._replicated(job, turn)
+
+    def _replicated(self, job: Job, turn: Turn) -> None:
+        """Before a request to the helpdesk: the claim's record (``pending`` for a create) is on
+        the replicas ``OPCORE_REDIS_REPLICAS`` asks for, so no failover can forget that the
+        request may have acted; a create it forgot would be sent twice. Short of them, nothing
+        is sent and the job tries again in a few seconds (``replica_waits``)."""
+        try:
+            self.host.replication.confirm(self.redis)
+        except NotReplicated as exc:
+            log.warning("%s: %s for claim %r waits: %s", self.plugin, job.kind, job.claim_id, exc)
+            self.host.metrics.count_refusal("delivery")
+            took_create = job.kind == "create" or job.lookup is not None  # its turn set ``pending``
+            unmark = {"pending": "0"} if took_create and not turn.pending else None
+            self.ledger.finish(job.store_id, job.claim_id, turn, unmark)  # nothing was sent
+            self.reschedule(replace(job, slot=None), delay=random.uniform(1.0, 3.0), stat="replica_waits")
 
     def _finish(self, job: Job, config: Any, turn: Turn) -> None:
         ticket_id, helpdesk = turn.ticket_id, self.helpdesk

@@ -100,14 +100,13 @@ if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
 return {redis.call('HGET', KEYS[1], 'finish'), redis.call('ZCARD', KEYS[6])}
 """
 
-# KEYS: claim hash. ARGV: retention ms. "done" stays done; returns the ticket id when a finish
-# is wanted and possible.
+# KEYS: claim hash. ARGV: retention ms. "done" stays done; returns the finish field and the
+# ticket id ('' when none is known).
 _WANT_FINISH = """
 redis.call('HSETNX', KEYS[1], 'finish', 'wanted')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 local c = redis.call('HMGET', KEYS[1], 'finish', 'ticket_id')
-if c[1] == 'wanted' and c[2] then return c[2] end
-return false
+return {c[1] or '', c[2] or ''}
 """
 
 #: Upper bounds (seconds) of the claim-to-ticket histogram's buckets; +Inf is implied.
@@ -260,6 +259,8 @@ class Ledger:
         turn.notes_waiting = bool(waiting)
         return _text(finish)
 
-    def want_finish(self, store_id: str, claim_id: str) -> str | None:
-        """Mark the claim's ticket for finishing; its id when it exists and is not finished yet."""
-        return _text(self._want_finish(keys=[self.claim_key(store_id, claim_id)], args=[self.retention_ms]))
+    def want_finish(self, store_id: str, claim_id: str) -> tuple[str, str | None]:
+        """Mark the claim's ticket for finishing; the claim's finish field after it (``wanted`` or
+        ``done``) and the ticket id, when one is known."""
+        finish, ticket = self._want_finish(keys=[self.claim_key(store_id, claim_id)], args=[self.retention_ms])
+        return finish.decode(), _text(ticket)

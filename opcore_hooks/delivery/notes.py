@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..events import Event, MessageCreated, utc
+from ..replication import NotReplicated
 from .helpdesk import Call, CredentialsRejected, HelpdeskError, Note, RateLimited, Refused
 from .ledger import EPSILON, fields_of
 from .note_records import NoteRecords
@@ -208,6 +209,13 @@ class NoteMirror:
             records.end(store_id, claim_id, scope, turn.key, turn.token, turn.member, state=state, stat=stat, clear=clear)
 
         looking = look_first
+        try:  # the note's in-flight mark is on the replicas first (engine.Delivery._replicated)
+            delivery.host.replication.confirm(delivery.redis)
+        except NotReplicated as exc:
+            end(clear=not looking)
+            delivery.host.metrics.count_refusal("delivery")
+            log.warning("%s: a note of claim %r waits: %s", delivery.plugin, claim_id, exc)
+            raise Later(random.uniform(1.0, 3.0)) from None
         try:
             if looking:
                 if delivery._send(call, lambda c: helpdesk.find_note(c, ticket_id, note), count=True):

@@ -315,7 +315,7 @@ def cli(monkeypatch, redis_client, settings, sandbox):
     from opcore_hooks import cli as cli_module
     from opcore_hooks import host as host_module
 
-    monkeypatch.setattr(host_module, "connect", lambda *a, **kw: redis_client)
+    monkeypatch.setattr(host_module, "connect_settings", lambda *a, **kw: redis_client)
     monkeypatch.setenv("OPCORE_NAMESPACE", settings.namespace)
     monkeypatch.setenv("OPCORE_MASTER_KEY", settings.master_key.get_secret_value())
     monkeypatch.setenv("OPCORE_RICHPANEL_API_URL", sandbox.url)
