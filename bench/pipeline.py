@@ -14,12 +14,17 @@ opcore run (on another key), and the ratio uses their mean. Target: ratio >= 0.5
 Everything runs as separate processes on loopback; every wait has a deadline.
 
     python bench/pipeline.py [--claims 2000] [--redis-url redis://127.0.0.1:6379/13] [--threads 8]
+    python bench/pipeline.py --pair --replicas 1
+
+``--pair`` runs it on a private primary and replica (never the shared Redis); ``--replicas N``
+sets OPCORE_REDIS_REPLICAS for opcore's processes (docs/BENCHMARKS.md compares 0 with 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +37,7 @@ from _opcore import (  # noqa: E402
 
 from opcore_hooks import ClaimCreated  # noqa: E402
 from opcore_hooks.config import Settings  # noqa: E402
+from opcore_hooks.testing import RedisPair  # noqa: E402
 from plugins.richpanel.client import KEY_HEADER  # noqa: E402
 from plugins.richpanel.tickets import build_ticket  # noqa: E402
 
@@ -60,15 +66,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="worker threads of the one worker process")
     parser.add_argument("--concurrency", type=int, default=16, help="connections posting to the ingress")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds allowed for the opcore run")
+    parser.add_argument("--pair", action="store_true", help="a private primary and replica instead of --redis-url")
+    parser.add_argument("--replicas", type=int, default=0, help="OPCORE_REDIS_REPLICAS for opcore's processes")
     args = parser.parse_args()
+    if args.pair:
+        with tempfile.TemporaryDirectory(prefix="opcore-pipeline-pair-") as tmp:
+            pair = RedisPair(Path(tmp))
+            try:
+                args.redis_url = pair.url
+                run(args)
+            finally:
+                pair.stop()
+    else:
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     n, rid = args.claims, run_id()
     header("pipeline: tickets per second end to end", {
         "claims": n, "worker": f"1 process x {args.threads} threads", "ingress": "1 opcore serve process",
         "posting": f"{args.concurrency} connections", "sandbox quota": "off",
-        "OPCORE_RICHPANEL_QUOTA": "1000000 per 30 s", "redis": args.redis_url})
+        "OPCORE_RICHPANEL_QUOTA": "1000000 per 30 s", "redis": args.redis_url,
+        "OPCORE_REDIS_REPLICAS": args.replicas})
 
     with stack(args.redis_url, sandbox_quota=None, opcore_quota=1_000_000, opcore_window=30.0,
-               threads=args.threads) as st:
+               threads=args.threads, extra_env={"OPCORE_REDIS_REPLICAS": str(args.replicas)}) as st:
         yard_key, key = api_key("yard"), api_key("opcr")
         st.add_account(yard_key)
         before = yardstick(st.sandbox_url, yard_key, n)

@@ -78,9 +78,9 @@ class OpcoreGroup(click.Group):
         if isinstance(exc, tuple(self.refusals)):
             return getattr(exc, "message", None) or str(exc), EXIT_CONFIG
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            return f"cannot reach Redis ({exc}); check OPCORE_REDIS_URL and that Redis is running", EXIT_REDIS
+            return f"cannot reach Redis ({exc}); check OPCORE_REDIS_URL (or OPCORE_REDIS_SENTINELS) and that Redis is running", EXIT_REDIS
         if isinstance(exc, redis.RedisError):
-            return (f"Redis refused a command ({exc}); check that OPCORE_REDIS_URL names a writable primary "
+            return (f"Redis refused a command ({exc}); check that OPCORE_REDIS_URL (or the Sentinels) name a writable primary "
                     "this deployment may use (`opcore --debug ...` shows the command)"), EXIT_REDIS
         return None
 
@@ -111,7 +111,7 @@ def needs_redis(callback: Callable[..., Any]) -> Callable[..., Any]:
         if Settings().embedded:
             fail(f"`{click.get_current_context().command_path}` works on the deployment's Redis and "
                  "OPCORE_REDIS_URL is not set (this process would read an empty store of its own); set it "
-                 "to the Redis that `opcore serve` and `opcore worker` use")
+                 "(or OPCORE_REDIS_SENTINELS) to the Redis that `opcore serve` and `opcore worker` use")
         return callback(*args, **kwargs)
 
     checked.needs_redis = True  # type: ignore[attr-defined]

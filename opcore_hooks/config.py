@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The admin token, which the operator chooses, must be long enough not to be guessed. The
@@ -27,7 +27,8 @@ class ConfigError(Exception):
 def invalid_settings(exc: ValidationError, prefix: str) -> ConfigError:
     """One line naming each environment variable pydantic refused and why, never its value (it may
     be a secret): pydantic's own text spans a dozen lines and names fields, not variables."""
-    problems = [f"{prefix}{'_'.join(str(part) for part in err['loc']).upper()}: {err['msg']}"
+    problems = [f"{prefix}{'_'.join(str(part) for part in err['loc']).upper()}: {err['msg']}" if err["loc"]
+                else err["msg"].removeprefix("Value error, ")  # a rule across variables names them itself
                 for err in exc.errors(include_url=False, include_input=False)]
     return ConfigError("invalid configuration: " + "; ".join(problems)
                        + ". Fix the environment (see README, 'Configuration')")
@@ -93,6 +94,13 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
 
+    @model_validator(mode="after")
+    def _replicas_need_redis(self) -> Settings:
+        if self.redis_replicas and self.embedded:
+            raise ValueError("OPCORE_REDIS_REPLICAS is above 0 but the store is embedded, which has no replicas: "
+                             "set OPCORE_REDIS_URL or OPCORE_REDIS_SENTINELS, or set OPCORE_REDIS_REPLICAS=0")
+        return self
+
     @property
     def embedded(self) -> bool:
         return not self.redis_url and not self.redis_sentinels
@@ -132,6 +140,8 @@ class Settings(BaseSettings):
         """
         missing, short, padded = [], [], []
         for name in names:
+            if name == "redis_url" and self.redis_sentinels:  # the Sentinels name the primary instead
+                continue
             value = getattr(self, name)
             text = value.get_secret_value() if isinstance(value, SecretStr) else value
             if text is None or not str(text).strip():

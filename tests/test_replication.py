@@ -24,7 +24,6 @@ from opcore_hooks.store import PinnedRedis, connect_settings
 from opcore_hooks.testing import (ADMIN_TOKEN, WEBHOOK_SECRET, RedisPair, RedisServer, claim_created,
                                   needs_redis_pair, wait_for)
 
-pytestmark = needs_redis_pair
 
 
 def settings(**overrides) -> Settings:
@@ -98,6 +97,7 @@ def test_a_confirmation_covers_writes_made_on_other_connections(redis_pair, host
     host.replication.confirm(host.redis)  # the same connection confirms once the replica is back
 
 
+@needs_redis_pair
 def test_sentinel_is_followed_to_the_primary_and_after_a_failover(tmp_path):
     pair = RedisPair(tmp_path)
     sentinel = RedisServer(tmp_path, "sentinel", f"sentinel monitor optest 127.0.0.1 {pair.primary.port} 1",
@@ -149,3 +149,11 @@ def test_replication_status_reads_the_replicas_lag(redis_pair, host):
     status = replication_status(host.redis)
     assert status is not None
     assert (status.role, status.connected, status.in_sync) == ("master", 1, 1)
+
+
+def test_replicas_on_the_embedded_store_are_refused_naming_what_to_set(monkeypatch):
+    monkeypatch.setenv("OPCORE_REDIS_REPLICAS", "1")
+    monkeypatch.delenv("OPCORE_REDIS_URL", raising=False)
+    with pytest.raises(ConfigError, match="^invalid configuration: OPCORE_REDIS_REPLICAS is above 0 but the store "
+                                          "is embedded.*set OPCORE_REDIS_URL or OPCORE_REDIS_SENTINELS"):
+        Settings(_env_file=None)

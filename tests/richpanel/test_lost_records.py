@@ -73,3 +73,23 @@ def test_a_finish_for_a_claim_that_never_arrives_becomes_a_dead_letter(make_host
     assert dead.claim_id == "claim-never-created"
     assert f"after {FINISH_LOOKUPS} lookups" in dead.reason
     assert requests(sandbox) == []  # without its claim there is nothing to look for by
+
+
+def test_delivery_goes_on_when_redis_forgets_every_script(make_host, run_worker, sandbox, monkeypatch):
+    """A promoted replica or a restarted Redis knows none of the scripts opcore loaded: the
+    ingress's accept, the read model's deferred writes, the ledger's, the broker's and
+    Dramatiq's own are loaded again where they are missing, with nothing failed or lost."""
+    host, worker, sandbox = delivering(make_host, run_worker, sandbox, monkeypatch)
+    first, second = claim_created(claim_id="claim-before-flush"), claim_created(claim_id="claim-after-flush")
+    post(host, first)
+    wait_for(lambda: ticket_of(host, first["body"]["claim_id"]))
+    drain(host, worker)
+    host.redis.script_flush()
+    post(host, second, approved(second["body"]["claim_id"]))
+    wait_for(lambda: requests(sandbox, "PUT", "/snooze"))
+    drain(host, worker)
+    assert len(tickets(sandbox)) == 2
+    assert host.dead_letters.list() == []
+    assert host.readmodel.claim_identity(STORE, second["body"]["claim_id"]) is not None  # its deferred write too
+    stats = host.delivery("richpanel").stats()
+    assert (stats["tickets"], stats["finishes"], stats.get("dead_letters", 0)) == (2, 1, 0)
