@@ -161,7 +161,7 @@ class ThreadTransport(httpx.BaseTransport):
                 # credential: name what was wrong, not it.
                 raise httpx.LocalProtocolError("a header or the request line is not valid HTTP (a line break "
                                                "or a control character in it?)", request=request) from None
-            raise _transport_error(exc, request, step) from exc
+            raise _transport_error(exc, request, step, deadline) from exc
         except BaseException:  # interrupted mid-exchange: never reuse a connection in an unknown state
             conn.close()
             raise
@@ -273,8 +273,8 @@ def _connect(address: tuple[str, int], timeout: float | None, source_address: An
     """``socket.create_connection`` within the request's deadline. The standard one gives each
     of a name's addresses the whole connect timeout, so a name with several addresses (a
     helpdesk behind a CDN has a few) and a black-holed one among them would take a timeout per
-    address; here each address gets what is left, and the socket keeps the rest for the TLS
-    handshake that follows."""
+    address; here each address gets its connect timeout cut to what is left, and the socket
+    keeps the rest as its timeout for the TLS handshake that follows."""
     host, port = address
     error: OSError | None = None
     for family, kind, proto, _, where in _addresses(host, port, deadline):
@@ -334,11 +334,12 @@ class _TooLarge(http.client.HTTPException):
 def _read_body(answer: http.client.HTTPResponse) -> bytes:
     """The answer's body, at most ``MAX_ANSWER_BYTES``. A declared length over it is refused
     before anything is read, and so is a chunk's (``_FinalResponse``); a chunked or
-    read-until-close body is read in pieces and refused as soon as it passes the limit. A declared length within it is read whole by http.client,
-    which alone reports a body cut short (IncompleteRead) when given no size to read."""
+    read-until-close body is read in pieces and refused once it passes the limit. A declared
+    length within it is read whole: http.client reports a body cut short of it
+    (IncompleteRead) only when given no size to read."""
     if answer.length is not None:
         if answer.length > MAX_ANSWER_BYTES:
-            raise _TooLarge(f"the answer's body is {answer.length} bytes, over the {MAX_ANSWER_BYTES} read")
+            raise _TooLarge(f"the answer's body is {answer.length} bytes, over the {MAX_ANSWER_BYTES} bytes read")
         return answer.read()
     parts: list[bytes] = []
     size = 0
@@ -399,15 +400,19 @@ class _FinalResponse(http.client.HTTPResponse):
     def _read_next_chunk_size(self) -> int:
         size: int = super()._read_next_chunk_size()
         if size > MAX_ANSWER_BYTES:
-            raise _TooLarge(f"the answer has a chunk of {size} bytes, over the {MAX_ANSWER_BYTES} read")
+            raise _TooLarge(f"the answer has a chunk of {size} bytes, over the {MAX_ANSWER_BYTES} bytes read")
         return size
 
 
-def _transport_error(exc: BaseException, request: httpx.Request, step: str) -> httpx.TransportError:
+def _transport_error(exc: BaseException, request: httpx.Request, step: str,
+                     deadline: float | None = None) -> httpx.TransportError:
     """httpx's error for what failed at ``step`` (connect, write or read), so callers see the
-    failures httpx's own transport reports: a connect error was never sent."""
+    failures httpx's own transport reports: a connect error was never sent. A timeout at or
+    past the request's deadline says so: its total ran out, not one operation's timeout."""
     detail = str(exc) or type(exc).__name__
     timed_out = isinstance(exc, TimeoutError)
+    if timed_out and deadline is not None and time.monotonic() >= deadline:
+        detail = "the request's deadline passed"
     if step == "connect":
         return (httpx.ConnectTimeout if timed_out else httpx.ConnectError)(detail, request=request)
     if step == "write":

@@ -51,6 +51,9 @@ end
 
 # Apply a state change only when it is not older than the one applied last. Returns 1 when
 # applied, 0 when stale, -1 when the claim is not known yet (the change is parked for it).
+# A recorded claim drops any change parked for it: set_claim took what it needed, and a change
+# that parked itself while its claim was being recorded (record_state) applies itself here on
+# its second look. Left, that copy would outlive the claim's records on the parking TTL.
 # KEYS: claims, parked state, version, claim index. ARGV: claim id, state, event time, now (ms), retention.
 _SET_STATE = _KEEP + """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -63,6 +66,7 @@ if not raw then
   redis.call('SET', KEYS[2], cjson.encode({claim_state=ARGV[2], state_at=ARGV[3]}), 'EX', 1209600)
   return -1
 end
+redis.call('DEL', KEYS[2])
 local claim = cjson.decode(raw)
 if (claim['state_at'] or '') > ARGV[3] then return 0 end
 if claim['claim_state'] == ARGV[2] and claim['state_at'] == ARGV[3] then return 1 end

@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -28,9 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from opcore_hooks import ThreadTransport, transport_for
+from opcore_hooks import http as transport_module
 from opcore_hooks.http import MAX_ORIGINS_PER_THREAD
 
 TIMEOUT = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+#: What a plugin sends as httpx.Timeout(1.0): one second for each phase and for the whole request.
+ONE_SECOND = {"connect": 1.0, "read": 1.0, "write": 1.0, "pool": 1.0}
 
 
 @dataclass
@@ -44,9 +47,11 @@ class Seen:
 
 @dataclass
 class Server:
-    """Answers each request with ``reply(seen)``: raw bytes to write, or None to close unanswered."""
+    """Answers each request with ``reply(seen)``: raw bytes to write, pieces to write one after
+    the other (a generator may pause between them; a None piece hangs up), or None to close
+    unanswered."""
 
-    reply: Callable[[Seen], bytes | None]
+    reply: Callable[[Seen], bytes | Iterable[bytes | None] | None]
     tls: ssl.SSLContext | None = None
     sock: socket.socket = field(default_factory=lambda: socket.create_server(("127.0.0.1", 0)))
     requests: list[Seen] = field(default_factory=list)
@@ -89,7 +94,10 @@ class Server:
                 answer = self.reply(seen)
                 if answer is None:
                     return
-                conn.sendall(answer)
+                for piece in [answer] if isinstance(answer, bytes) else answer:
+                    if piece is None:
+                        return
+                    conn.sendall(piece)
         except OSError:
             return
         finally:
@@ -112,7 +120,8 @@ def ok(body: dict | None = None, extra: str = "") -> bytes:
 
 
 @contextmanager
-def server(reply: Callable[[Seen], bytes | None] = lambda seen: ok(), tls: ssl.SSLContext | None = None) -> Iterator[Server]:
+def server(reply: Callable[[Seen], bytes | Iterable[bytes | None] | None] = lambda seen: ok(),
+           tls: ssl.SSLContext | None = None) -> Iterator[Server]:
     running = Server(reply, tls)
     thread = threading.Thread(target=running.serve, daemon=True)
     thread.start()
@@ -207,6 +216,173 @@ def test_a_slow_answer_is_a_read_timeout():
                                 extensions={"timeout": {**TIMEOUT, "read": 0.2}})
         with pytest.raises(httpx.ReadTimeout):
             ThreadTransport().handle_request(request)
+
+
+def trickled(start: bytes, dribble: bytes, rest: bytes = b"", every: float = 0.3) -> Iterator[bytes]:
+    """``start``, then ``dribble`` a byte every ``every`` seconds, then ``rest``: each byte in
+    time for any read timeout over ``every``, the whole far later than a second."""
+    yield start
+    for byte in dribble:
+        time.sleep(every)
+        yield bytes([byte])
+    yield rest
+
+
+TRICKLED = {  # 40 bytes, 12 s: a per-read timeout never fires; only a total deadline does
+    "status line": lambda: trickled(b"HTTP/1.1 200 ", b"O" * 40, b"\r\ncontent-length: 2\r\n\r\n{}"),
+    "headers": lambda: trickled(b"HTTP/1.1 200 OK\r\n", b"x-wait: 1234567\r\n" * 2 + b"x-wai",
+                                b"t: 1\r\ncontent-length: 2\r\n\r\n{}"),
+    "body": lambda: trickled(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 42\r\n\r\n",
+                             b'{"x": "' + b"a" * 33, b'"}'),
+}
+
+
+@pytest.mark.parametrize("part", TRICKLED)
+def test_an_answer_trickled_a_byte_at_a_time_is_cut_at_the_requests_deadline(part):
+    # A security review saw a request live 12 s against a 2 s read timeout: each byte came in
+    # time for the read timeout, which bounds one read, never the answer.
+    with server(lambda seen: TRICKLED[part]()) as srv:
+        transport = ThreadTransport()
+        with pytest.raises(httpx.ReadTimeout) as caught:
+            post(transport, srv.url, timeout=ONE_SECOND)
+        assert "deadline" in str(caught.value)  # the total, not one read's timeout
+        assert isinstance(caught.value, httpx.TimeoutException)  # transient, outcome unknown: classify()
+        assert len(srv.requests) == 1
+        transport.close()
+
+
+def test_the_connection_of_a_request_cut_at_its_deadline_is_not_reused():
+    answers = iter([TRICKLED["body"](), [ok()]])
+    with server(lambda seen: next(answers)) as srv:
+        transport = ThreadTransport()
+        with pytest.raises(httpx.ReadTimeout):
+            post(transport, srv.url, timeout=ONE_SECOND)
+        assert post(transport, srv.url).json() == {"ok": True}  # not the rest of the cut answer
+        assert srv.connections == 2
+        transport.close()
+
+
+def black_hole() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose accept queue is full: the kernel drops each new SYN, so a
+    connect to it waits as one to a black-holed address does."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    fillers = []
+    for _ in range(3):  # Linux queues one connection on a backlog of 0; the others wait in SYN-SENT
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(sock.getsockname())
+        fillers.append(filler)
+    time.sleep(0.1)  # the first filler's handshake, over loopback
+    return sock, fillers
+
+
+def test_a_connect_that_is_never_answered_is_a_connect_timeout():
+    sock, fillers = black_hole()
+    try:
+        with pytest.raises(httpx.ConnectTimeout):
+            post(ThreadTransport(), f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=ONE_SECOND)
+    finally:
+        for s in [sock, *fillers]:
+            s.close()
+
+
+def test_a_names_addresses_share_the_deadline_rather_than_each_taking_a_connect_timeout(monkeypatch):
+    # socket.create_connection gives each address the whole connect timeout: a name with a
+    # black-holed address before a good one would take a timeout per address.
+    sock, fillers = black_hole()
+    real = socket.getaddrinfo
+    try:
+        with server() as srv:
+            good = int(srv.url.rsplit(":", 1)[1])
+
+            def two_addresses(host, port, *args, **kwargs):
+                if host != "helpdesk.test":
+                    return real(host, port, *args, **kwargs)
+                return [*real("127.0.0.1", sock.getsockname()[1], socket.AF_INET, socket.SOCK_STREAM),
+                        *real("127.0.0.1", good, socket.AF_INET, socket.SOCK_STREAM)]
+
+            monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+            with pytest.raises(httpx.ConnectTimeout):
+                post(ThreadTransport(), "http://helpdesk.test", timeout=ONE_SECOND)
+            assert srv.connections == 0  # the deadline passed on the first address: no second try
+            # With time left after the first address, the next one is tried, as before.
+            assert post(ThreadTransport(), "http://helpdesk.test",
+                        timeout={**ONE_SECOND, "connect": 0.3}).json() == {"ok": True}
+    finally:
+        for s in [sock, *fillers]:
+            s.close()
+
+
+def test_a_name_whose_lookup_hangs_is_a_connect_timeout(monkeypatch):
+    released = threading.Event()
+    real = socket.getaddrinfo
+
+    def hanging(host, *args, **kwargs):
+        if host == "helpdesk.test":
+            released.wait(30)  # a resolver that does not answer: the system's has no timeout of ours
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    try:
+        with pytest.raises(httpx.ConnectTimeout):
+            post(ThreadTransport(), "http://helpdesk.test", timeout=ONE_SECOND)
+    finally:
+        released.set()
+
+
+@pytest.mark.parametrize("scheme, error", [("http", httpx.ReadTimeout), ("https", httpx.ConnectTimeout)])
+def test_a_listener_that_never_accepts_is_a_timeout(scheme, error):
+    # The kernel completes the TCP handshake into the accept queue: a plain request is written
+    # and waits for an answer (it may have been received: ReadTimeout); a TLS handshake waits.
+    sock = socket.create_server(("127.0.0.1", 0))
+    try:
+        with pytest.raises(error):
+            post(ThreadTransport(), f"{scheme}://127.0.0.1:{sock.getsockname()[1]}", timeout=ONE_SECOND)
+    finally:
+        sock.close()
+
+
+OVERSIZED = {
+    "declared length": b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n" + b"a" * 5000,
+    "chunks": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + (b"258\r\n" + b"a" * 600 + b"\r\n") * 2
+              + b"0\r\n\r\n",  # 2 x 600 bytes
+    "one chunk": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7d0\r\n",  # 2000 bytes, never sent
+    "until close": [b"HTTP/1.0 200 OK\r\n\r\n" + b"a" * 5000, None],
+}
+
+
+@pytest.mark.parametrize("shape", OVERSIZED)
+def test_an_answer_body_over_the_limit_is_refused_as_a_transport_error(monkeypatch, shape):
+    monkeypatch.setattr(transport_module, "MAX_ANSWER_BYTES", 1000)
+    answers = iter([OVERSIZED[shape], ok()])
+    with server(lambda seen: next(answers)) as srv:
+        transport = ThreadTransport()
+        with pytest.raises(httpx.RemoteProtocolError, match="1000"):
+            post(transport, srv.url)
+        assert post(transport, srv.url).json() == {"ok": True}  # on a new connection
+        assert srv.connections == 2
+        transport.close()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"a" * 1000,
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1f4\r\n" + b"a" * 500 + b"\r\n1f4\r\n" + b"a" * 500
+    + b"\r\n0\r\n\r\n",
+    [b"HTTP/1.0 200 OK\r\n\r\n" + b"a" * 1000, None],
+], ids=["declared length", "chunks", "until close"])
+def test_an_answer_body_at_the_limit_arrives_whole(monkeypatch, answer):
+    monkeypatch.setattr(transport_module, "MAX_ANSWER_BYTES", 1000)
+    with server(lambda seen: answer) as srv:
+        assert post(ThreadTransport(), srv.url).content == b"a" * 1000
+
+
+def test_a_body_cut_short_of_its_declared_length_is_still_an_error():
+    with server(lambda seen: [b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", None]) as srv:
+        with pytest.raises(httpx.RemoteProtocolError):
+            post(ThreadTransport(), srv.url)
 
 
 def test_connection_close_chunked_answers_and_repeated_headers_arrive_whole():

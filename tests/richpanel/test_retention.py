@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from opcore_hooks.events import event_from_json
 from opcore_hooks.testing import approved, claim_created, drain, state_changed
 
 from .test_delivery import STORE, delivering, post, requests, settle, tickets
@@ -41,6 +42,36 @@ def test_a_claims_records_live_the_retention_period_after_its_last_event(rp):
     for key in keys:
         ttl = host.redis.pttl(key)
         assert 29 * DAY_MS < ttl <= 30 * DAY_MS, (key, ttl)  # none lives forever; each from its last write
+
+
+def test_a_change_parked_while_its_claim_was_recorded_leaves_no_parked_state(make_host, monkeypatch):
+    # The flake of the test above, made certain: the change (on one worker thread) reads the
+    # claim's index before the claim is recorded (on another), parks itself after, sees the
+    # index on its second look and applies itself. Its parked copy outlived it, with the parking
+    # TTL (14 days) instead of the retention: a stray key naming the claim.
+    host = make_host(retention_days=30)
+    rm = host.readmodel
+    claim = event_from_json(claim_created())
+    claim_id = claim.body.claim_id
+    change = event_from_json(state_changed(claim_id, "APPROVED"))
+    park = rm._set_state
+    looks = []
+
+    def claim_recorded_meanwhile(*, keys, args):
+        if not looks:  # between the change's first read of the index and its parking
+            rm.record_claim(claim.body, claim.created_at)
+        looks.append(keys[0])
+        return park(keys=keys, args=args)
+
+    monkeypatch.setattr(rm, "_set_state", claim_recorded_meanwhile)
+    assert rm.record_state(change.body, change.created_at)
+    assert len(looks) == 2  # parked, then applied on the second look
+    [shown] = rm.customer_context(STORE, "ana@example.com").claims
+    assert shown.claim_state == "APPROVED"
+    keys = claim_keys(host, claim_id)
+    assert not [key for key in keys if ":parked:" in key]
+    for key in keys:
+        assert 29 * DAY_MS < host.redis.pttl(key) <= 30 * DAY_MS, (key, host.redis.pttl(key))
 
 
 def test_nothing_that_names_a_customer_or_a_claim_is_kept_forever(rp):
