@@ -256,6 +256,10 @@ class _Run:
 
     # -- settle -------------------------------------------------------------------------------
 
+    def _queued(self) -> int:
+        """Messages left in the queues the settle waits for."""
+        return queued_messages(self.cluster.redis)
+
     def settle(self) -> None:
         """Wait until no message is left anywhere, twice 2 s apart; from then on nothing can change.
 
@@ -264,10 +268,10 @@ class _Run:
         """
         last_report = 0.0
         while time.monotonic() < self.deadline:
-            left = queued_messages(self.cluster.redis)
+            left = self._queued()
             if left == 0:
                 time.sleep(2.0)
-                if queued_messages(self.cluster.redis) == 0:
+                if self._queued() == 0:
                     self.result.settled = True
                     break
             if time.monotonic() - last_report > 10:

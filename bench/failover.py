@@ -283,25 +283,6 @@ class _FailoverRun(_Run):
         except redis.RedisError:
             return -1
 
-    def settle(self) -> None:
-        """The chaos run's settle (nothing left, twice 2 s apart, or the deadline), over every queue."""
-        last_report = 0.0
-        while time.monotonic() < self.deadline:
-            left = self._queued()
-            if left == 0:
-                time.sleep(2.0)
-                if self._queued() == 0:
-                    self.result.settled = True
-                    break
-            if time.monotonic() - last_report > 10:
-                last_report = time.monotonic()
-                self._log(f"  settling: {left} message(s) still queued")
-            time.sleep(0.5)
-        self.result.settle_seconds = time.monotonic() - self.faults_off
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-
     # -- judging --------------------------------------------------------------------------------
 
     def judge(self) -> None:
