@@ -252,10 +252,10 @@ class PinnedRedis(redis.Redis):
         half-way is closed, never used again with answers unread."""
         pin = self._pin()
         self._send_queued(pin)
-        connection = self.connection  # connected, to the current primary
+        connection = pin.conn
 
         def send_and_read() -> list[Any]:
-            connection.connect()  # a retry asks the Sentinels again too (see ``connection``)
+            connection.connect()  # as ``connection`` does, on each try: a retry asks the Sentinels again
             connection.send_packed_command(connection.pack_commands(commands))
             return read_replies(connection, len(commands))
 

@@ -350,8 +350,7 @@ class Delivery:
         from the read model (the claim's dispatch wrote it before asking for the ticket); None
         when the finish needs no lookup (done, or its ticket id known now: sent as a plain
         finish), or the claim has not arrived yet (looked for later)."""
-        finish, ticket_id = (v.decode() if v else None for v in self.redis.hmget(
-            self.ledger.claim_key(job.store_id, job.claim_id), "finish", "ticket_id"))
+        ticket_id, finish = self.ledger.record(job.store_id, job.claim_id)
         if finish != "wanted":
             return None
         if ticket_id is not None:
@@ -395,8 +394,7 @@ class Delivery:
         """No usable credentials (store disconnected, or rejected): park what is still to do."""
         if job.first and (config is None or not self.helpdesk.enabled(config)):
             return
-        ticket_id, finish = (v.decode() if v else None for v in self.redis.hmget(
-            self.ledger.claim_key(job.store_id, job.claim_id), "ticket_id", "finish"))
+        ticket_id, finish = self.ledger.record(job.store_id, job.claim_id)
         if job.kind == "create" and ticket_id is not None:
             if finish == "wanted":
                 self.request_finish(job.store_id, job.claim_id)

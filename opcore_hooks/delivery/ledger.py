@@ -192,6 +192,11 @@ class Ledger:
     def ticket_id(self, store_id: str, claim_id: str) -> str | None:
         return _text(self.redis.hget(self.claim_key(store_id, claim_id), "ticket_id"))
 
+    def record(self, store_id: str, claim_id: str) -> tuple[str | None, str | None]:
+        """The claim's ticket id and finish field, each None when unset."""
+        ticket_id, finish = self.redis.hmget(self.claim_key(store_id, claim_id), "ticket_id", "finish")
+        return _text(ticket_id), _text(finish)
+
     def set(self, store_id: str, claim_id: str, **fields: str) -> None:
         self.redis.hset(self.claim_key(store_id, claim_id), mapping=fields)
 
