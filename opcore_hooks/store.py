@@ -107,11 +107,7 @@ class PinnedRedis(redis.Redis):
     @property
     def connection(self) -> redis.connection.AbstractConnection:  # read by redis.Redis.execute_command
         conn = self._pin().conn
-        # What the pool's get_connection does before each command (a no-op when connected). A
-        # Sentinel-managed connection asks the Sentinels for the primary only here: redis-py's
-        # reconnect inside a command goes back to the address it had, which after a failover is
-        # the demoted primary (READONLY on every retry; tests/test_replication.py).
-        conn.connect()
+        ready(conn)
         return conn
 
     @connection.setter
@@ -255,7 +251,7 @@ class PinnedRedis(redis.Redis):
         connection = pin.conn
 
         def send_and_read() -> list[Any]:
-            connection.connect()  # as ``connection`` does, on each try: a retry asks the Sentinels again
+            ready(connection)  # as ``connection`` does, on each try: a retry asks the Sentinels again
             connection.send_packed_command(connection.pack_commands(commands))
             return read_replies(connection, len(commands))
 
@@ -267,6 +263,27 @@ class PinnedRedis(redis.Redis):
         if any(isinstance(reply, ReadOnlyError) for reply in replies):
             connection.disconnect()  # a demoted primary: the next batch finds the new one
         return replies
+
+
+def ready(conn: redis.connection.AbstractConnection) -> None:
+    """What the pool's ``get_connection`` does before lending a connection, for one kept pinned.
+
+    A connection the server closed while it sat idle (Redis restarted, failed over, or dropped
+    the client) would fail its next command, and redis-py's connections built from a URL retry
+    nothing: after a failover every thread of the web tier answered one request 503, whenever it
+    was next used (bench/failover.py). Nothing has been sent yet, so reconnecting is safe; a
+    connection lost *during* a command still raises, since that command may have run. A
+    Sentinel-managed connection asks the Sentinels for the primary only here: redis-py's
+    reconnect inside a command goes back to the address it had, which after a failover is the
+    demoted primary (READONLY on every retry; tests/test_replication.py).
+    """
+    conn.connect()  # a no-op when connected
+    try:
+        if conn.can_read():  # unread bytes on an idle connection: the server closed it, or it is out of step
+            raise redis.ConnectionError("the idle connection has data")
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        conn.disconnect()
+        conn.connect()
 
 
 def read_replies(conn: redis.connection.AbstractConnection, count: int) -> list[Any]:

@@ -10,6 +10,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from opcore_hooks.store import PinnedRedis, connect, pinned
+from opcore_hooks.testing import REAL_REDIS
 
 
 def _connection_of(client: PinnedRedis) -> int:
@@ -266,3 +267,22 @@ def test_a_write_with_an_argument_redis_cannot_take_fails_where_it_is_deferred(r
             client.defer(script, ["wb:p"], [{"not": "encodable"}])
         client.set("wb:q", "fine")  # nothing bad was queued for the next command
     assert redis_client.get("wb:q") == b"fine"
+
+
+
+@pytest.mark.skipif(not REAL_REDIS, reason="a real Redis drops the connection; the embedded store never does, "
+                    "and fakeredis's CLIENT KILL leaves the socket looking alive")
+def test_a_connection_the_server_dropped_while_idle_reconnects_before_the_next_command():
+    # After a Redis restart or failover every thread's kept connection is one the server closed;
+    # its next command (a widget read, an accept batch) must not fail for it.
+    client, other = connect(REAL_REDIS), redis.Redis.from_url(REAL_REDIS)
+    try:
+        client.set("opcore-test:dropped", b"v")
+        assert other.client_kill_filter(_id=client.client_id()) == 1
+        assert client.get("opcore-test:dropped") == b"v"
+        assert other.client_kill_filter(_id=client.client_id()) == 1
+        assert client.run_batch([("GET", "opcore-test:dropped"), ("PING",)]) == [b"v", b"PONG"]
+    finally:
+        other.delete("opcore-test:dropped")
+        client.close()
+        other.close()
