@@ -7,7 +7,9 @@ and the read model run the same code either way; only this module knows the diff
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,10 +61,11 @@ class Deferred:
 class _Pinned:
     """One thread's connection, and the writes waiting to travel with its next command."""
 
-    __slots__ = ("conn", "depth", "queued", "done", "__weakref__")
+    __slots__ = ("conn", "depth", "queued", "done", "used", "__weakref__")
 
     def __init__(self, conn: redis.connection.AbstractConnection) -> None:
         self.conn = conn
+        self.used = -math.inf  # time.monotonic() of the last command's start
         self.depth = 0  # nested write_behind() blocks open on this thread
         self.queued: list[Deferred] = []  # not sent yet
         self.done: list[Deferred] = []  # sent (answered or failed), waiting for the block's end
@@ -106,9 +109,9 @@ class PinnedRedis(redis.Redis):
 
     @property
     def connection(self) -> redis.connection.AbstractConnection:  # read by redis.Redis.execute_command
-        conn = self._pin().conn
-        ready(conn)
-        return conn
+        pin = self._pin()
+        ready(pin.conn, _idle(pin))
+        return pin.conn
 
     @connection.setter
     def connection(self, value: object) -> None:  # redis.Redis.__init__ sets None
@@ -251,7 +254,7 @@ class PinnedRedis(redis.Redis):
         connection = pin.conn
 
         def send_and_read() -> list[Any]:
-            ready(connection)  # as ``connection`` does, on each try: a retry asks the Sentinels again
+            ready(connection, _idle(pin))  # as ``connection`` does, on each try: a retry asks the Sentinels again
             connection.send_packed_command(connection.pack_commands(commands))
             return read_replies(connection, len(commands))
 
@@ -265,8 +268,22 @@ class PinnedRedis(redis.Redis):
         return replies
 
 
-def ready(conn: redis.connection.AbstractConnection) -> None:
-    """What the pool's ``get_connection`` does before lending a connection, for one kept pinned.
+#: A pinned connection idle at least this long is checked before its next command (``ready``).
+#: One in steady use is not: the check polls its socket, which before every command cost the
+#: worker measurably (docs/BENCHMARKS.md, "The pinned connection's check"), and a server that
+#: drops a busy connection fails its command at once, which the caller's error handling sees.
+CHECK_AFTER_IDLE = 0.25
+
+
+def _idle(pin: _Pinned) -> float:
+    now = time.monotonic()
+    idle, pin.used = now - pin.used, now
+    return idle
+
+
+def ready(conn: redis.connection.AbstractConnection, idle: float = math.inf) -> None:
+    """What the pool's ``get_connection`` does before lending a connection, for one kept pinned
+    (and idle for ``idle`` seconds: only one idle at least ``CHECK_AFTER_IDLE`` is checked).
 
     A connection the server closed while it sat idle (Redis restarted, failed over, or dropped
     the client) would fail its next command, and redis-py's connections built from a URL retry
@@ -278,6 +295,8 @@ def ready(conn: redis.connection.AbstractConnection) -> None:
     demoted primary (READONLY on every retry; tests/test_replication.py).
     """
     conn.connect()  # a no-op when connected
+    if idle < CHECK_AFTER_IDLE:
+        return
     try:
         if conn.can_read():  # unread bytes on an idle connection: the server closed it, or it is out of step
             raise redis.ConnectionError("the idle connection has data")

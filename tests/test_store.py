@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from opcore_hooks.store import PinnedRedis, connect, pinned
+from opcore_hooks.store import CHECK_AFTER_IDLE, PinnedRedis, connect, pinned
 from opcore_hooks.testing import REAL_REDIS
 
 
@@ -279,8 +280,10 @@ def test_a_connection_the_server_dropped_while_idle_reconnects_before_the_next_c
     try:
         client.set("opcore-test:dropped", b"v")
         assert other.client_kill_filter(_id=client.client_id()) == 1
+        time.sleep(CHECK_AFTER_IDLE)  # idle: a connection in steady use is not polled before each command
         assert client.get("opcore-test:dropped") == b"v"
         assert other.client_kill_filter(_id=client.client_id()) == 1
+        time.sleep(CHECK_AFTER_IDLE)
         assert client.run_batch([("GET", "opcore-test:dropped"), ("PING",)]) == [b"v", b"PONG"]
     finally:
         other.delete("opcore-test:dropped")
