@@ -3,7 +3,8 @@
 A plugin imports from here: ``hookimpl`` to mark its hook implementations, ``Host`` (what
 every hook receives), ``Routes`` to hand over its Starlette routes, the event models,
 ``CredentialsCheck`` for its health, the delivery engine's ``Helpdesk`` seam with its
-``Pacing``, ``Call`` and the errors a helpdesk's answers map to, ``Panel`` for the widget,
+``Pacing``, ``Call``, the errors a helpdesk's answers map to and the readers of its
+rate-limit headers (``header_count``, ``parse_retry_after``), ``Panel`` for the widget,
 ``ThreadTransport``/``transport_for`` to send its requests (a keep-alive connection per
 thread), ``read_json``/``read_object``/``BodyError`` to read a bounded JSON body in its own routes, and
 the one error style every route answers in (``RequestError``, ``problem``, ``check_settings``,
@@ -22,6 +23,8 @@ from .delivery import (
     Refused,
     Transient,
     classify_http,
+    header_count,
+    parse_retry_after,
 )
 from .errors import (
     Detail,
@@ -88,8 +91,10 @@ __all__ = [
     "classify_http",
     "error_response",
     "field_errors",
+    "header_count",
     "hookimpl",
     "id_problem",
+    "parse_retry_after",
     "problem",
     "read_json",
     "read_object",

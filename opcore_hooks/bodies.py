@@ -3,18 +3,21 @@
 Python's json parser recurses, so a body of a few thousand nested brackets raises
 RecursionError, and one a few hundred deep breaks later serialisation (found by the fuzzer);
 no legitimate payload nests more than a handful of levels. It also refuses integers of more
-than 4,300 digits with a ValueError; both are a 400, never a 500 with a traceback.
+than 4,300 digits with a ValueError; both are a 400, never a 500 with a traceback. And JSON can
+spell a lone surrogate (``"\\udcff"``), which Python keeps in a ``str`` that no UTF-8 request,
+Redis key or log line can carry: a body holding one anywhere is refused, naming where.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from .errors import Detail, RequestError, not_an_object
+from .errors import Detail, RequestError, not_an_object, problem
 
 #: No webhook or settings body comes near this; anything deeper is refused before validation.
 MAX_DEPTH = 32
@@ -41,6 +44,34 @@ async def read_limited(request: Request, limit: int) -> bytes:
     except ClientDisconnect:
         raise BodyError(400, "the request body was not fully received") from None
     return b"".join(chunks)
+
+
+#: Only an escape can put a surrogate in a parsed string (UTF-8 bytes cannot encode one), so a
+#: body without such an escape is never walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate_at(value: Any) -> str | None:
+    """The path of the first string (or key) holding a lone surrogate, else None."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                here = f"{path}.{key}" if path else str(key)
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path or "(a key)"
+                stack.append((child, here))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}.{i}" if path else str(i)) for i, child in enumerate(node))
+    return None
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
@@ -70,6 +101,10 @@ async def read_json(request: Request, limit: int) -> Any:
     # takes), so a body with few brackets cannot nest deep: only the rare one is walked.
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth_exceeds(data, MAX_DEPTH):
         raise BodyError(422, f"body nests deeper than {MAX_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(raw) and (where := _lone_surrogate_at(data)) is not None:
+        field, rule = where.encode("utf-8", "backslashreplace").decode("ascii"), "must be valid Unicode text"
+        raise BodyError(422, f"{field or 'body'} {rule} (it holds a lone surrogate)",
+                        [problem(field, f"{rule} (it holds a lone surrogate)", "string_unicode")])
     return data
 
 

@@ -34,6 +34,12 @@ class DecryptionError(Exception):
     """A stored secret cannot be opened; the message says why it may be and what to do."""
 
 
+#: 32 random bytes hold about 30 distinct values; fewer than 16 happens by chance with a
+#: probability far below 1e-20, so a key with so few is typed or patterned (all zeros, "abab..."),
+#: not random, and every store's credentials would rest on it.
+MIN_DISTINCT_BYTES = 16
+
+
 def generate_master_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
@@ -64,6 +70,11 @@ class Vault:
                 raise ConfigError(
                     f"OPCORE_MASTER_KEY entry {position + 1} is not 32 bytes of URL-safe base64 (43 characters "
                     "of A-Z a-z 0-9 - _, then an optional '='); generate one with `opcore keys generate`"
+                )
+            if len(set(raw)) < MIN_DISTINCT_BYTES:
+                raise ConfigError(
+                    f"OPCORE_MASTER_KEY entry {position + 1} is not random (it repeats a few bytes, such as "
+                    "all zeros); generate one with `opcore keys generate`"
                 )
             keys.append(raw)
         return cls(keys)

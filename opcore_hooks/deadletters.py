@@ -7,6 +7,7 @@ fixed. Entries are keyed by (actor, claim) so the same failure recorded twice is
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -15,6 +16,28 @@ import redis
 from pydantic import BaseModel
 
 from . import keys
+
+
+#: What an exception says about the work that raised it. These come from the work itself (an
+#: event no model accepts, a value no request can carry, an answer no parser can use) and
+#: fail the same way on every retry: retrying one for days only hides it. A garbled JSON answer
+#: is the exception: the next answer may be whole.
+PERMANENT: tuple[type[BaseException], ...] = (ValueError, TypeError, LookupError, AttributeError, ArithmeticError)
+_TRANSIENT_DESPITE: tuple[type[BaseException], ...] = (json.JSONDecodeError,)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    return isinstance(exc, PERMANENT) and not isinstance(exc, _TRANSIENT_DESPITE)
+
+
+def retry_options(max_retries: int) -> dict[str, Any]:
+    """Dramatiq actor options: retry an outage or a bug up to ``max_retries`` times, but send
+    work that failed permanently (``is_permanent``) to the dead letters at once, with its reason,
+    where ``/metrics`` counts it and ``opcore dead-letters`` shows it. (With ``retry_when`` set,
+    Dramatiq only reports ``max_retries`` to the ``on_retry_exhausted`` actor.)"""
+    def retry_when(retries: int, exc: BaseException) -> bool:
+        return retries < max_retries and not is_permanent(exc)
+    return {"max_retries": max_retries, "retry_when": retry_when}
 
 
 class DeadLetter(BaseModel):

@@ -24,7 +24,9 @@ from dramatiq.encoder import JSONEncoder
 
 from .broker import RELEASES
 from .committer import Committer
+from .deadletters import retry_options
 from .events import Event, event_from_json
+from .redaction import hide_actor_args
 
 if TYPE_CHECKING:
     from .host import Host
@@ -94,14 +96,14 @@ class Dispatcher:
         broker = host.broker
         import dramatiq
 
-        self.dispatch = dramatiq.actor(
+        self.dispatch = hide_actor_args(dramatiq.actor(
             self._dispatch, broker=broker, actor_name="opcore.dispatch", queue_name=QUEUE,
-            max_retries=20, min_backoff=500, max_backoff=300_000, on_retry_exhausted=EXHAUSTED,
-        )
-        self.deliver = dramatiq.actor(
+            **retry_options(20), min_backoff=500, max_backoff=300_000, on_retry_exhausted=EXHAUSTED,
+        ))
+        self.deliver = hide_actor_args(dramatiq.actor(
             self._deliver, broker=broker, actor_name="opcore.deliver", queue_name=QUEUE,
-            max_retries=25, min_backoff=1000, max_backoff=3_600_000, on_retry_exhausted=EXHAUSTED,
-        )
+            **retry_options(25), min_backoff=1000, max_backoff=3_600_000, on_retry_exhausted=EXHAUSTED,
+        ))
         head = {"queue_name": self.dispatch.queue_name, "actor_name": self.dispatch.actor_name}
         self._message_head = _COMPACT(head)[:-1].encode() + b',"args":['
         queue, bulk = f"{broker.namespace}:{QUEUE}", f"{broker.namespace}:{BULK_QUEUE}"
@@ -110,9 +112,9 @@ class Dispatcher:
                                    replication=host.replication)
         self._arrived = host.redis.register_script(_ARRIVED)
         broker.declare_queue(BULK_QUEUE)
-        self.exhausted = dramatiq.actor(
+        self.exhausted = hide_actor_args(dramatiq.actor(
             self._exhausted, broker=broker, actor_name=EXHAUSTED, queue_name=QUEUE, max_retries=50,
-        )
+        ))
 
     # The topic decides the hook and the body model; both are validated again here because
     # a message may have been written by an older or newer version of opcore.
@@ -170,20 +172,25 @@ class Dispatcher:
             rm.record_state(event.body, event.created_at)
 
     def _exhausted(self, message: dict[str, Any], info: dict[str, Any]) -> None:
-        """Every retry is spent: keep the work and its reason where an operator will see it."""
+        """Every retry is spent, or the work failed permanently (``deadletters.retry_options``):
+        keep the work and its reason where an operator will see it, and say so in the log."""
         options = message.get("options", {})
-        reason = (options.get("traceback") or "retries exhausted").strip().splitlines()[-1]
+        reason = _exception_text(options.get("traceback") or "") or "no traceback was kept"
         args = message.get("args", [])
         store_id, claim_id = _ids(args)
         plugin, _, actor = message["actor_name"].partition(".")
         kind = {"create_ticket": "create", "finish_ticket": "finish", "write_notes": "note"}.get(actor)
         if plugin in self.host.deliveries and kind:  # for /metrics
             self.host.delivery(plugin).count(f"dead_{kind}")
+        tries = int(info.get("retries") or 0) + 1
+        gave_up = "retries exhausted" if tries > int(info.get("max_retries") or 0) else "failed permanently"
         self.host.dead_letters.add(
             message["actor_name"], list(args), kwargs=message.get("kwargs") or {},
-            reason=f"retries exhausted after {info.get('retries')}: {reason}",
-            store_id=store_id, claim_id=claim_id,
+            reason=f"{gave_up} after {tries} attempt(s): {reason}", store_id=store_id, claim_id=claim_id,
         )
+        # The exception's name only: its text may quote the event (the dead letter keeps it whole).
+        log.error("%s of store %r, claim %r is a dead letter (%s: %s); see opcore dead-letters",
+                  message["actor_name"], store_id, claim_id, gave_up, reason.partition(":")[0])
 
     async def accept(self, event: Event, seen_key: str, ttl_seconds: int, *, wire: dict[str, Any] | None = None) -> bool:
         """Mark ``event`` seen and enqueue it in one atomic step; False if it was seen before.
@@ -247,6 +254,20 @@ def _random_uuid() -> str:
 
 _MAIN_LANE = f'{{"queue_name":"{QUEUE}",'.encode()
 _BULK_LANE = f'{{"queue_name":"{BULK_QUEUE}",'.encode()
+
+
+def _exception_text(traceback_text: str, limit: int = 600) -> str:
+    """The final exception of a formatted traceback, its lines joined: what an operator reads as
+    a dead letter's reason. A traceback's last line alone would be pydantic's "For further
+    information visit ..." and never the field at fault."""
+    lines = traceback_text.rstrip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    start = frames[-1] + 1 if frames else 0
+    while start < len(lines) and lines[start].startswith("    "):  # the frame's code and its carets
+        start += 1
+    text = "; ".join(line.strip() for line in lines[start:]
+                     if line.strip() and "For further information visit" not in line)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _ids(args: list[Any]) -> tuple[str | None, str | None]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from .ids import Email, Identifier
 
@@ -46,7 +45,17 @@ class ClaimState(StrEnum):
     WAITING_FOR_OP = "WAITING_FOR_OP"
 
 
-_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+#: A plain decimal: digits, an optional point and fraction, no exponent. The bounds keep an
+#: amount a price: "1e20000000" is a valid Decimal that the summary would write out as twenty
+#: million digits (issue #23), and no order total needs more than this.
+MONEY_DIGITS, MONEY_PLACES = 15, 8
+_PLAIN_DECIMAL = re.compile(rf"-?[0-9]{{1,{MONEY_DIGITS}}}(?:\.[0-9]{{1,{MONEY_PLACES}}})?")
+_MONEY_RULE = (f'must be a plain decimal string such as "24.99" (no exponent, at most {MONEY_DIGITS} digits '
+               f'before the point and {MONEY_PLACES} after)')
+
+#: The times a claim, an order or a message can carry. Outside them a time is a typo or an
+#: attack, and converting one near year 1 or 9999 to UTC raises OverflowError in the worker.
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2200, 1, 1, tzinfo=timezone.utc)
 
 
 def utc(value: datetime) -> datetime:
@@ -57,35 +66,61 @@ def utc(value: datetime) -> datetime:
 def _money(value: Any) -> Any:
     """Money travels as a decimal string; a float would already have lost cents."""
     if type(value) is str and _PLAIN_DECIMAL.fullmatch(value):
-        return value  # the usual "24.99": finite, nothing to strip, no Decimal needed
-    if value is None or isinstance(value, bool):
+        return value  # the usual "24.99"
+    if value is None:
         return value
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10 ** MONEY_DIGITS:
         return str(value)
-    if isinstance(value, str):
-        try:
-            amount = Decimal(value.strip())
-        except InvalidOperation:
-            raise ValueError("must be a decimal string such as \"24.99\"") from None
-        if not amount.is_finite():
-            raise ValueError("must be a finite decimal string such as \"24.99\"")
+    if isinstance(value, str) and _PLAIN_DECIMAL.fullmatch(value.strip()):
         return value.strip()
-    raise ValueError("must be a decimal string such as \"24.99\"")
+    raise ValueError(_MONEY_RULE)
+
+
+def _in_range(value: datetime) -> datetime:
+    """``value`` as sent, refused when in UTC it falls outside EARLIEST..LATEST (or cannot be
+    converted at all): then ``utc`` never overflows downstream. Most times are years inside the
+    range, where no offset (at most a day) can carry them out: those take no conversion."""
+    if EARLIEST.year < value.year < LATEST.year - 1:
+        return value
+    try:
+        converted: datetime | None = utc(value)
+    except (OverflowError, ValueError):
+        converted = None
+    if converted is None or not EARLIEST <= converted < LATEST:
+        raise ValueError(f"must be a time between {EARLIEST.year} and {LATEST.year} (ISO 8601, with an offset or UTC)")
+    return value
+
+
+def Text(max_length: int, *, min_length: int = 0) -> Any:  # noqa: N802 - used as a type
+    """A string of at most ``max_length`` characters (pydantic refuses lone surrogates in any
+    ``str``; ``bodies.read_json`` refuses them in the fields no model names)."""
+    return Annotated[str, Field(min_length=min_length, max_length=max_length)]
 
 
 Money = Annotated[str, BeforeValidator(_money)]
-NonEmpty = Annotated[str, Field(min_length=1, max_length=512)]
+When = Annotated[datetime, AfterValidator(_in_range)]
+Quantity = Annotated[int, Field(ge=0, le=1_000_000)]
+NonEmpty = Text(512, min_length=1)
+#: Generous: a bound is there to keep an event deliverable, and a claim refused for a long
+#: name is a claim lost, so each is far past any real value (a currency code, a phone number).
+Short = Text(128)
+Name = Text(256)
+Ref = Text(256)  # an order number, an SKU, an item or product id: a reference, never prose
+#: Lists are bounded like everything else: a claim lists the items of one order.
+MAX_ITEMS = 500
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # A refused event's error text never repeats what was sent: it may be a customer's data,
+    # and errors reach logs (the ingress's 422 names fields, not values, as well).
+    model_config = ConfigDict(extra="allow", populate_by_name=True, hide_input_in_errors=True)
 
 
 class Customer(_Open):
-    email: str | None = Field(default=None, max_length=320)
-    first_name: str | None = None
-    last_name: str | None = None
-    phone: str | None = None
+    email: Text(320) | None = None
+    first_name: Name | None = None
+    last_name: Name | None = None
+    phone: Short | None = None
 
     @property
     def full_name(self) -> str:
@@ -97,18 +132,18 @@ class CustomerWithEmail(Customer):
 
 
 class LineItem(_Open):
-    item_id: str | None = None
-    item_name: str | None = None
-    sku: str | None = None
-    quantity: int = 1
+    item_id: Ref | None = None
+    item_name: Text(1024) | None = None
+    sku: Ref | None = None
+    quantity: Quantity = 1
     unit_price: Money | None = None
 
 
 class Order(_Open):
-    order_number: str | None = None
-    currency: str | None = None
-    placed_at: datetime | None = None
-    line_items: list[LineItem] = []
+    order_number: Ref | None = None
+    currency: Short | None = None
+    placed_at: When | None = None
+    line_items: Annotated[list[LineItem], Field(max_length=MAX_ITEMS)] = []
     subtotal: Money | None = None
     shipping: Money | None = None
     tax: Money | None = None
@@ -116,12 +151,12 @@ class Order(_Open):
 
 
 class ClaimItem(_Open):
-    product_id: str | None = None
-    variant_id: str | None = None
-    sku: str | None = None
-    item_id: str | None = None
-    item_name: str | None = None
-    quantity: int = 1
+    product_id: Ref | None = None
+    variant_id: Ref | None = None
+    sku: Ref | None = None
+    item_id: Ref | None = None
+    item_name: Text(1024) | None = None
+    quantity: Quantity = 1
 
 
 def _ids(snake: str, camel: str) -> Any:
@@ -131,14 +166,14 @@ def _ids(snake: str, camel: str) -> Any:
 class ClaimCreated(_Open):
     store_id: Identifier = _ids("store_id", "storeId")
     claim_id: Identifier = _ids("claim_id", "claimId")
-    claim_number: str | None = None
-    order_id: str | None = None
-    source_order_id: str | None = None
-    created_at: datetime | None = None
-    claim_description: str | None = None
+    claim_number: Ref | None = None
+    order_id: Ref | None = None
+    source_order_id: Ref | None = None
+    created_at: When | None = None
+    claim_description: Text(65_536) | None = None
     claim_type: ClaimType
     claim_state: ClaimState
-    items: list[ClaimItem] = []
+    items: Annotated[list[ClaimItem], Field(max_length=MAX_ITEMS)] = []
     customer: CustomerWithEmail
     order: Order | None = None
 
@@ -150,7 +185,7 @@ class ClaimStatusChanged(_Open):
     claim_id: Identifier = _ids("claim_id", "claimId")
     claim_state: ClaimState
     previous_state: ClaimState | None = None
-    resolutions: list[dict[str, Any]] = []
+    resolutions: Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] = []
 
 
 class OrderUpserted(_Open):
@@ -168,12 +203,12 @@ class MessageCreated(_Open):
 
     store_id: Identifier = _ids("store_id", "storeId")
     claim_id: Identifier = _ids("claim_id", "claimId")
-    message: Annotated[str, Field(min_length=1, max_length=65_536)]
-    message_id: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+    message: Text(65_536, min_length=1)
+    message_id: Text(256, min_length=1) | None = Field(
         default=None, validation_alias=AliasChoices("message_id", "messageId"))
-    sender_type: Annotated[str, Field(max_length=64)] | None = None
-    author_name: Annotated[str, Field(max_length=256)] | None = None
-    created_at: datetime | None = None
+    sender_type: Short | None = None
+    author_name: Name | None = None
+    created_at: When | None = None
 
 
 Topic = Literal["claim.created", "claim.state_changed", "claim.approved", "claim.denied", "order.upserted",
@@ -201,12 +236,14 @@ def normalize_topic(topic: str) -> str:
 class Envelope(_Open):
     id: NonEmpty
     topic: NonEmpty
-    created_at: datetime | None = None
+    created_at: When | None = None
     body: dict[str, Any]
 
 
 class Event(BaseModel):
     """A validated event: the envelope plus its typed body. This is what travels on the broker."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     id: str
     topic: Topic

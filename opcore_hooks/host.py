@@ -25,6 +25,7 @@ from .deadletters import DeadLetters
 from .metrics import Metrics
 from .plugins import LoadedPlugins, load_plugins
 from .readmodel import ReadModel
+from .redaction import hide_actor_args
 from .replication import Replication
 from .store import PinnedRedis, connect_settings, pinned
 
@@ -164,13 +165,13 @@ class Host:
         The actor is named ``<plugin>.<function>`` and uses the queue ``<plugin>`` unless
         told otherwise, so each plugin's backlog is its own queue.
         """
-        return dramatiq.actor(
+        return hide_actor_args(dramatiq.actor(
             fn,
             broker=self.broker,
             actor_name=f"{plugin}.{fn.__name__}",
             queue_name=queue or plugin,
             **options,
-        )
+        ))
 
     # -- secrets -----------------------------------------------------------------------
     @cached_property

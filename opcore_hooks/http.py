@@ -26,6 +26,7 @@ import functools
 import http.client
 import io
 import ipaddress
+import re
 import select
 import socket
 import ssl
@@ -48,6 +49,9 @@ MAX_ORIGINS_PER_THREAD = 8
 #: a search); a larger one is a fault or an attack, refused as a transport error before it is
 #: held whole in a worker's memory.
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
+#: RFC 9110: a field name is a token; a value holds no CR, LF or NUL (nor any obs-fold).
+_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
 
 
 def proxy_for(url: str) -> str | None:
@@ -123,6 +127,11 @@ class ThreadTransport(httpx.BaseTransport):
         if "transfer-encoding" in request.headers:  # a streamed body, read whole above: send its length
             headers = [(k, v) for k, v in headers if k.lower() != b"transfer-encoding"]
             headers.append((b"Content-Length", str(len(body)).encode()))
+        if any(_BAD_NAME.search(name) or _BAD_VALUE.search(value) for name, value in headers):
+            # http.client lets a folded line ("\r\n ") and NUL through, which h11 (httpx's own
+            # transport) refuses. Its value may be a credential: name the fault, never the value.
+            raise httpx.LocalProtocolError("a header holds a line break, a NUL or a character no header name "
+                                           "may hold; nothing was sent", request=request)
         write, read = timeouts.get("write"), timeouts.get("read")
         conn = self._connection(origin)
         step = "connect"

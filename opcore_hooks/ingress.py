@@ -68,7 +68,7 @@ class Ingress:
         try:
             data = await read_json(request, self.host.settings.max_body_bytes)
         except BodyError as exc:
-            return error_response(exc.status, exc.message), None
+            return error_response(exc.status, exc.message, exc.details), None
         if not isinstance(data, dict):
             return error_response(422, "body must be a JSON object (Order Protection's webhook envelope)",
                          [{"field": "", "message": "expected an object", "type": "object_type"}]), None

@@ -15,6 +15,7 @@ from dramatiq.worker import ConsumerThread
 from redis.exceptions import RedisError
 
 from .host import Host
+from .redaction import hide_message_args
 
 log = logging.getLogger("opcore.worker")
 
@@ -63,10 +64,15 @@ class _KeepDelayed(ConsumerThread):
 
 
 class _Worker(Worker):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        hide_message_args("dramatiq.worker.WorkerThread")  # named as dramatiq.logging names it
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
     def _add_consumer(self, queue_name: str, *, delay: bool = False) -> None:
         # Dramatiq's own body, with _KeepDelayed as the consumer class.
         if queue_name in self.consumers:
             return
+        hide_message_args(f"dramatiq.worker.ConsumerThread({queue_name})")
         if self.consumer_whitelist and q_name(queue_name) not in self.consumer_whitelist:
             return
         consumer = self.consumers[queue_name] = _KeepDelayed(

@@ -500,6 +500,17 @@ def test_a_header_that_would_split_the_request_is_refused_without_echoing_it():
         assert srv.requests == []  # nothing reached the server
 
 
+@pytest.mark.parametrize("headers", [{"x-key": "rp_secret_value\r\n folded"}, {"x-key": "rp_secret_value\x00"},
+                                     {"x-key": "rp_secret_value\n"}, {"x key": "rp_secret_value"}])
+def test_folded_lines_nul_and_bad_names_are_refused_as_httpx_would(headers):
+    with server() as srv:
+        request = httpx.Request("GET", f"{srv.url}/v1/teams", headers=headers, extensions={"timeout": TIMEOUT})
+        with pytest.raises(httpx.LocalProtocolError) as caught:
+            ThreadTransport().handle_request(request)
+        assert "rp_secret_value" not in str(caught.value)
+        assert srv.requests == [] and srv.connections == 0  # refused before connecting
+
+
 def test_interim_answers_are_skipped_and_never_reach_the_next_request():
     def early_hints(seen: Seen) -> bytes:
         key = dict((k.lower(), v) for k, v in seen.headers)["x-key"]

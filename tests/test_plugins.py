@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from opcore_hooks import hookimpl
 from opcore_hooks.app import create_app
 from opcore_hooks.cli import cli
+from opcore_hooks.deadletters import retry_options
 from opcore_hooks.plugins import PluginLoadError, load_plugins
 from opcore_hooks.testing import WEBHOOK_SECRET, claim_created, drain, wait_for
 
@@ -64,7 +65,7 @@ def test_a_raising_plugin_does_not_stop_another_and_is_retried_alone(make_host, 
 
 def test_a_plugin_that_never_recovers_ends_in_dead_letters_with_its_reason(make_host, run_worker):
     host = make_host({"broken": Recorder("broken", failures=10**6), "healthy": Recorder("healthy")})
-    host.broker.get_actor("opcore.deliver").options.update(min_backoff=1, max_backoff=5, max_retries=2)
+    host.broker.get_actor("opcore.deliver").options.update(min_backoff=1, max_backoff=5, **retry_options(2))
     worker = run_worker(host)
     event = claim_created()
     post(host, event)
@@ -73,7 +74,7 @@ def test_a_plugin_that_never_recovers_ends_in_dead_letters_with_its_reason(make_
     [entry] = host.dead_letters.list()
     assert entry.actor == "opcore.deliver"
     assert entry.claim_id == event["body"]["claim_id"]
-    assert "broken is down" in entry.reason
+    assert "broken is down" in entry.reason and entry.reason.startswith("retries exhausted after 3 attempt(s)")
     assert claims_of(host, "healthy") == [event["body"]["claim_id"]]
 
 

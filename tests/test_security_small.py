@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -56,6 +57,10 @@ BAD_VALUES = {
     "master-key-with-junk": ("OPCORE_MASTER_KEY", GOOD_KEY[:20] + "!*" + GOOD_KEY[20:]),  # the lax decoder skipped it
     "master-key-with-space": ("OPCORE_MASTER_KEY", GOOD_KEY[:20] + " " + GOOD_KEY[20:]),
     "master-key-second-bad": ("OPCORE_MASTER_KEY", f"{GOOD_KEY},not-a-key"),
+    # 32 bytes of valid base64, and no secret at all (issue #23):
+    "master-key-all-zero": ("OPCORE_MASTER_KEY", base64.urlsafe_b64encode(bytes(32)).decode()),
+    "master-key-one-byte": ("OPCORE_MASTER_KEY", base64.urlsafe_b64encode(b"\xff" * 32).decode()),
+    "master-key-pattern": ("OPCORE_MASTER_KEY", base64.urlsafe_b64encode(b"abcd" * 8).decode()),
 }
 
 

@@ -22,6 +22,7 @@ from .helpdesk import (
     Refused,
     Transient,
     classify_http,
+    header_count,
     parse_retry_after,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "Refused",
     "Transient",
     "classify_http",
+    "header_count",
     "parse_retry_after",
 ]

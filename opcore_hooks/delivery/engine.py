@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
+from ..deadletters import retry_options
 from ..events import ClaimCreated, ClaimStatusChanged, Event, MessageCreated, utc
 from ..replication import NotReplicated
 from .helpdesk import Call, CredentialsRejected, Helpdesk, HelpdeskError, RateLimited, Refused
@@ -110,7 +111,7 @@ class Delivery:
     max_attempts = 15
     #: Dramatiq options of every delivery actor (the note mirror's too): its retries are for
     #: bugs and outages only, since waits are new delayed messages.
-    actor_options: dict[str, Any] = {"max_retries": 20, "min_backoff": 1000, "max_backoff": 600_000,
+    actor_options: dict[str, Any] = {**retry_options(20), "min_backoff": 1000, "max_backoff": 600_000,
                                      "on_retry_exhausted": "opcore.exhausted"}
 
     def __init__(self, host: Host, plugin: str, helpdesk: Helpdesk[Any]) -> None:

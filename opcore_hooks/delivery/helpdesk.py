@@ -17,12 +17,14 @@ methods in the manner of Singer's ``RESTStream`` or Airbyte's ``HttpStream``:
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Callable, ClassVar, Generic, Iterable, TypeVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Generic, Iterable, Mapping, TypeVar
 
 import httpx
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from ..host import Host
 
 S = TypeVar("S")
+log = logging.getLogger("opcore.delivery")
 
 #: Claim states whose ticket gets the helpdesk's finishing call (snooze, pending, ...).
 FINISH_STATES = frozenset({"APPROVED", "RESOLVED", "RESOLVED_BY_BRAND"})
@@ -65,27 +68,62 @@ class Refused(HelpdeskError):
     """The helpdesk refused this request for good (a 400, a 404): a dead letter, with this reason."""
 
 
+#: What a helpdesk may say in a numeric header: ASCII digits (``str.isdigit`` takes "²" and
+#: "١٢", which ``int`` then refuses), within bounds. A limit past a million requests, or a wait
+#: past a day, is no helpdesk's answer but junk, and is ignored like any other.
+_DIGITS = re.compile(r"[0-9]{1,12}")
+_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
+MAX_HEADER_COUNT = 1_000_000
+MAX_RETRY_AFTER = 86_400.0
+_junk_seen: set[str] = set()
+
+
+def _junk(name: str, value: str) -> None:
+    """Log an unreadable header once per name and process: a helpdesk that sends junk sends it
+    on every answer, and one line says as much as a million."""
+    if name not in _junk_seen:
+        _junk_seen.add(name)
+        log.warning("ignored a %s header that is not a plain number in range: %r (logged once)", name,
+                    value[:40])
+
+
+def header_count(headers: Mapping[str, str], name: str) -> int | None:
+    """A count a helpdesk sends in a header (``X-RateLimit-Limit``, ``-Remaining``), or None when
+    it is absent or not ASCII digits within ``MAX_HEADER_COUNT``."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    text = value.strip()
+    if _DIGITS.fullmatch(text) and int(text) <= MAX_HEADER_COUNT:
+        return int(text)
+    _junk(name, value)
+    return None
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After given as delta-seconds or an HTTP date (RFC 9110).
 
-    Returns None when the header is absent or unreadable so the caller can pick its own default.
+    Returns None when the header is absent or unreadable (so the caller can pick its own
+    default): delta-seconds in ASCII digits (a fraction is tolerated), or a date; at most a day.
     """
     if value is None or not value.strip():
         return None
     text = value.strip()
-    try:
+    if _SECONDS.fullmatch(text):
         seconds = float(text)
-    except ValueError:
+    else:
         try:
             when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
+        except (TypeError, ValueError, IndexError, OverflowError):
+            when = None
         if when is None:
+            _junk("Retry-After", value)
             return None
         if when.tzinfo is None:  # HTTP dates are GMT by definition
             when = when.replace(tzinfo=timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds) or math.isinf(seconds):
+    if not math.isfinite(seconds) or seconds > MAX_RETRY_AFTER:
+        _junk("Retry-After", value)
         return None
     return max(0.0, seconds)
 
@@ -111,6 +149,9 @@ def classify_http(exc: Exception) -> HelpdeskError | None:
         if 400 <= status < 500:
             return Refused(said)
         return Transient(said)
+    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
+        # Nothing was sent, and sending again cannot help: a setting holds what no URL or header may.
+        return Refused(f"{type(exc).__name__}: the request could not be sent as built")
     if isinstance(exc, httpx.TransportError):
         return Transient(f"{type(exc).__name__}: no answer")
     return None

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from opcore_hooks import Call, ClaimCreated, Helpdesk, Host, Note, Pacing, ThreadTransport
+from opcore_hooks import Call, ClaimCreated, Helpdesk, Host, Note, Pacing, ThreadTransport, header_count
 from opcore_hooks.summary import note_text
 
 from .stores import StoreSettings, load, mark_invalid, settings_key, store_ids
@@ -104,11 +104,8 @@ class TemplateDesk(Helpdesk[StoreSettings]):
         headers = {"Authorization": f"Bearer {call.scope}", **options.pop("headers", {})}
         response = self.http.request(method, self.settings.api_url.rstrip("/") + path, headers=headers, **options)
         if response.status_code != 429:  # a 429's remaining 0 says the window is spent, not who spent it
-            call.observe(_int(response.headers.get("x-ratelimit-limit")),
-                         _int(response.headers.get("x-ratelimit-remaining")))
+            call.observe(header_count(response.headers, "x-ratelimit-limit"),
+                         header_count(response.headers, "x-ratelimit-remaining"))
         response.raise_for_status()
         return response.json() if response.content else {}
 
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value is not None and value.isdigit() else None

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from opcore_hooks.delivery import parse_retry_after
+from opcore_hooks import header_count, parse_retry_after
 from opcore_hooks.http import transport_for
 
 DEFAULT_RETRY_AFTER = 30.0
@@ -79,15 +79,7 @@ class RateLimitInfo:
 
     @classmethod
     def from_headers(cls, headers: httpx.Headers) -> RateLimitInfo:
-        return cls(_int_or_none(headers.get("x-ratelimit-limit")),
-                   _int_or_none(headers.get("x-ratelimit-remaining")))
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(float(value)) if value is not None else None
-    except ValueError:
-        return None
+        return cls(header_count(headers, "x-ratelimit-limit"), header_count(headers, "x-ratelimit-remaining"))
 
 
 def _segment(value: str) -> str:

@@ -20,8 +20,8 @@ from .client import Team
 FIELD = "api_key"  # the vault binds the ciphertext to this field name
 CHANNELS = ("email", "message", "twilio-sms", "attentive", "aircall", "facebook_message",
             "instagram", "facebook_feed_comment")
-_KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # a header value: printable ASCII, no spaces
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # a header value: printable ASCII, no spaces
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class SettingsError(RequestError):
@@ -65,7 +65,7 @@ class SettingsUpdate(BaseModel):
         key = value.get_secret_value().strip()  # pasted keys often carry a newline
         if not key.startswith("rp_"):
             raise ValueError("a Richpanel API key starts with 'rp_'; copy the whole key from Richpanel")
-        if len(key) > 512 or not _KEY_CHARS.match(key):
+        if len(key) > 512 or not _KEY_CHARS.fullmatch(key):
             raise ValueError("the API key contains spaces or characters a Richpanel key cannot have")
         return SecretStr(key)
 
@@ -90,7 +90,7 @@ def check_team(team_id: str, teams: list[Team]) -> str:
     """The team as Richpanel spells its id; a name or unknown id lists the account's teams."""
     listing = [{"id": t.id, "name": t.name} for t in teams]
     names = ", ".join(f"{t.name} ({t.id})" for t in teams) or "none"
-    if not _UUID.match(team_id):
+    if not _UUID.fullmatch(team_id):
         wrong = f"default_team_id must be a team's id (a UUID), not its name. This account's teams: {names}"
     else:
         for team in teams:

@@ -15,8 +15,11 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-#: A Zendesk subdomain: it becomes part of a host name, so nothing else is let through.
-SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+from opcore_hooks import header_count
+
+#: A Zendesk subdomain: it becomes part of a host name, so nothing else is let through. Matched
+#: whole (``fullmatch``): ``$`` would let a trailing newline through to httpx, an InvalidURL (a 500).
+SUBDOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 MAX_GROUP_PAGES = 10
 #: How far back ``find_note`` reads (newest first, 100 a page): a note whose answer was lost is
 #: recent, so more than 300 comments written after it on one ticket would be needed to miss it.
@@ -39,11 +42,8 @@ class RateLimit:
 
     @classmethod
     def of(cls, response: httpx.Response) -> RateLimit:
-        return cls(_int(response.headers.get("x-rate-limit")), _int(response.headers.get("x-rate-limit-remaining")))
-
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value is not None and value.strip().isdigit() else None
+        return cls(header_count(response.headers, "x-rate-limit"),
+                   header_count(response.headers, "x-rate-limit-remaining"))
 
 
 class ZendeskClient:

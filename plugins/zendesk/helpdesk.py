@@ -47,7 +47,7 @@ from .stores import StoreConfig
 
 #: Zendesk's per-object limits may answer 429 without Retry-After.
 DEFAULT_RETRY_AFTER = 10.0
-_ERROR_CODE = re.compile(r"^[A-Za-z]{1,40}$")
+_ERROR_CODE = re.compile(r"[A-Za-z]{1,40}")
 
 
 class Zendesk(Helpdesk[StoreConfig]):
@@ -153,4 +153,4 @@ def _error_code(response: httpx.Response) -> str | None:
         error = response.json().get("error")
     except (ValueError, AttributeError):
         return None
-    return error if isinstance(error, str) and _ERROR_CODE.match(error) else None
+    return error if isinstance(error, str) and _ERROR_CODE.fullmatch(error) else None

@@ -83,7 +83,7 @@ class SettingsUpdate(BaseModel):
         if value is None:
             return None
         value = value.strip().lower().removesuffix(".zendesk.com")
-        if not SUBDOMAIN.match(value):
+        if not SUBDOMAIN.fullmatch(value):
             raise ValueError("subdomain must be the account's Zendesk subdomain: letters, digits and '-' "
                              "(acme for acme.zendesk.com)")
         return value

@@ -94,7 +94,7 @@ def test_parse_retry_after_forms():
     assert parse_retry_after("not a date") is None
     assert parse_retry_after("12") == 12.0
     assert parse_retry_after("1.5") == 1.5
-    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after("-4") is None  # not delta-seconds: ignored, and the caller's default waits
     assert parse_retry_after(formatdate(now + 42, usegmt=True), now=now) == 42.0
     assert parse_retry_after(formatdate(now - 42, usegmt=True), now=now) == 0.0  # never negative
 

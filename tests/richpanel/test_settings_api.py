@@ -234,3 +234,9 @@ def test_a_mirror_messages_that_is_not_a_boolean_is_422_naming_it(call, value):
     assert "mirror_messages" in answer.json()["error"]
     body = call("GET").json()
     assert (body["mirror_messages"], body["default_channel"]) == (True, "email"), "nothing was saved"
+
+
+def test_a_team_id_with_a_trailing_newline_is_a_422_naming_it(call):
+    answer = call("PUT", json={"api_key": KEY, "default_team_id": TEAM + "\n"})
+    assert answer.status_code == 422, answer.text
+    assert [d["field"] for d in answer.json()["details"]] == ["default_team_id"]

@@ -391,3 +391,14 @@ def test_with_the_mirror_on_messages_become_private_plain_text_notes_in_order_af
     assert writes(sandbox) == [("POST", "tickets"), ("PUT", f"tickets/{sandbox.state.tickets(SUBDOMAIN)[0]['id']}"),
                                ("PUT", f"tickets/{sandbox.state.tickets(SUBDOMAIN)[0]['id']}")]
     assert sandbox.state.view_tickets()["accounts"][0]["writes_to_unknown_tickets"] == 0
+
+
+@pytest.mark.parametrize("subdomain", ["acme\n.zendesk.com", "acme\n\n.zendesk.com"])
+def test_a_subdomain_with_a_line_break_is_a_422_naming_it_not_a_500(make_host, sandbox, subdomain):
+    """Whitespace around the value is trimmed; a line break left inside reached the regex, whose
+    ``$`` matched before it, and then httpx (InvalidURL: a 500)."""
+    host = make_host({"zendesk": plugin})
+    with TestClient(create_app(host)) as client:
+        answer = client.put(URL, headers=ADMIN, json={"subdomain": subdomain, "email": EMAIL, "api_token": TOKEN})
+    assert answer.status_code == 422, answer.text
+    assert [d["field"] for d in answer.json()["details"]] == ["subdomain"]
