@@ -9,6 +9,7 @@ this plan, never with opcore's own bookkeeping.
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -125,6 +126,11 @@ def _schedule(sends: list[Send], at: float, claim_id: str, events: list[tuple[fl
         sends.append(Send(at + offset, len(sends), event, claim_id))
         if rng.random() < 0.1:
             sends.append(Send(at + offset + rng.uniform(0.0, 2.0), len(sends), event, claim_id))
+
+
+#: What a planned customer's email, first name and phone look like (``_created_event``): the
+#: chaos run looks for them in opcore's own logs, where they must never appear.
+CUSTOMER_DATA = re.compile(rb"chaos\.[A-Za-z0-9]+\.[0-9]+@example\.com|\+1555[0-9]{7}|\bCust[0-9]+\b")
 
 
 def _created_event(i: int, store: str, claim_id: str, email: str, cust: int, when: float,

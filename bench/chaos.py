@@ -71,7 +71,7 @@ if str(ROOT) not in sys.path:
 from bench._chaos_faults import Faults  # noqa: E402
 from bench._chaos_judge import (SecretScanner, check_widget_panels, judge_notes, judge_redis,  # noqa: E402
                                 queued_messages, scan_redis, verify_sandbox, verify_zendesk, work_looks_done)
-from bench._chaos_plan import Claim, Send, build_plan  # noqa: E402
+from bench._chaos_plan import CUSTOMER_DATA, Claim, Send, build_plan  # noqa: E402
 from bench._chaos_procs import MAINTENANCE_CHANCE, ZENDESK_EMAIL, Cluster, Proc  # noqa: E402
 from bench._chaos_result import ChaosResult, percentiles  # noqa: E402
 from bench._chaos_traffic import Counter, Sender, WidgetReader  # noqa: E402
@@ -156,7 +156,7 @@ class _Run:
             **{f"API key of {s}": k for s, k in self.api_keys.items()},
             **{f"Zendesk token of {s}": t for s, t in self.zendesk_tokens.items()},
             "webhook secret": self.webhook_secret, "admin token": admin_token, "master key": master_key,
-        })
+        }, customer_data=CUSTOMER_DATA)
         self.http = httpx.Client(base_url=self.cluster.serve_url, timeout=10, limits=httpx.Limits(max_connections=64))
         self.admin = {"Authorization": f"Bearer {admin_token}"}
         self.signing: dict[str, str] = {}

@@ -25,7 +25,7 @@ from .deadletters import DeadLetters
 from .metrics import Metrics
 from .plugins import LoadedPlugins, load_plugins
 from .readmodel import ReadModel
-from .redaction import hide_actor_args
+from .redaction import hide_actor_args, hide_request_paths
 from .replication import Replication
 from .store import PinnedRedis, connect_settings, pinned
 
@@ -45,6 +45,7 @@ class Host:
         plugins: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        hide_request_paths()  # a helpdesk lookup's URL holds a customer's email
         self.redis: PinnedRedis = pinned(redis_client) if redis_client else connect_settings(self.settings)
         #: How many replicas must hold a write before opcore promises or relies on it (``replication.py``).
         self.replication = Replication(self.settings.redis_replicas, self.settings.redis_replica_timeout_ms,

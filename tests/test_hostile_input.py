@@ -185,3 +185,13 @@ def test_a_queued_event_the_worker_cannot_read_is_a_dead_letter_naming_the_field
     assert entry.reason.startswith("failed permanently after 1 attempt(s): "), entry.reason
     assert "order.total" in entry.reason and "plain decimal" in entry.reason, entry.reason
     assert CUSTOMER["email"] not in entry.reason
+
+
+def test_a_helpdesk_request_logged_by_httpx_shows_its_origin_not_its_path(make_host, caplog):
+    """A Richpanel lookup is ``GET /v1/tickets/email/{email}``: httpx logs its URL at INFO."""
+    caplog.set_level(logging.DEBUG)
+    make_host({})
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200)))
+    client.get(f"https://api.richpanel.example/v1/tickets/email/{CUSTOMER['email']}?phone={CUSTOMER['phone']}")
+    assert "HTTP Request: GET https://api.richpanel.example/…" in caplog.text
+    assert CUSTOMER["email"] not in caplog.text and CUSTOMER["phone"] not in caplog.text
