@@ -55,7 +55,7 @@ def work_looks_done(r: redis.Redis, claims: list[Claim], helpdesk_of: dict[str, 
         rows = claim_records(r, claims, helpdesk_of)
     except redis.RedisError:
         return False
-    return all(t is not None and (not c.finished or s == b"done") for c, (t, s) in zip(claims, rows))
+    return all(t is not None and (not c.finished or s == b"done") for c, (t, s) in zip(claims, rows, strict=True))
 
 
 def queued_messages(r: redis.Redis) -> int:
@@ -323,7 +323,7 @@ def judge_redis(r: redis.Redis, result: ChaosResult, claims: list[Claim], helpde
         for key in r.scan_iter(f"{NAMESPACE}:{helpdesk}:parked:*"):
             result.parked += int(r.llen(key))
     result.left_in_queues = sum(int(r.hlen(f"{NAMESPACE}:dramatiq:{q}.msgs")) for q in QUEUES)
-    for c, (ticket, snooze) in zip(claims, claim_records(r, claims, helpdesk_of)):
+    for c, (ticket, snooze) in zip(claims, claim_records(r, claims, helpdesk_of), strict=True):
         if ticket is None or (c.finished and snooze != b"done") or (not c.finished and snooze is not None):
             result.records_out_of_step += 1
             result.notes.append(f"claim {c.claim_id}: opcore records ticket={ticket!r} snooze={snooze!r}")
@@ -428,7 +428,7 @@ def _scan_keys(r: redis.Redis, batch: list[bytes], scanner: SecretScanner) -> No
         pipe.type(key)
     kinds = [k.decode() for k in pipe.execute()]
     pipe = r.pipeline(transaction=False)
-    for key, kind in zip(batch, kinds):
+    for key, kind in zip(batch, kinds, strict=True):
         if kind == "string":
             pipe.get(key)
         elif kind == "hash":
@@ -443,7 +443,7 @@ def _scan_keys(r: redis.Redis, batch: list[bytes], scanner: SecretScanner) -> No
             pipe.xrange(key)
         else:  # expired meanwhile
             pipe.exists(key)
-    for key, kind, value in zip(batch, kinds, pipe.execute()):
+    for key, kind, value in zip(batch, kinds, pipe.execute(), strict=True):
         scanner.scan(f"Redis key {key.decode(errors='replace')}", "redis keys",
                      key + b"\0" + b"\0".join(_value_parts(kind, value)))
 

@@ -69,8 +69,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._chaos_faults import Faults  # noqa: E402
-from bench._chaos_judge import (SecretScanner, check_widget_panels, judge_notes, judge_redis,  # noqa: E402
-                                queued_messages, scan_redis, verify_sandbox, verify_zendesk, work_looks_done)
+from bench._chaos_judge import (  # noqa: E402
+    SecretScanner,
+    check_widget_panels,
+    judge_notes,
+    judge_redis,
+    queued_messages,
+    scan_redis,
+    verify_sandbox,
+    verify_zendesk,
+    work_looks_done,
+)
 from bench._chaos_plan import CUSTOMER_DATA, Claim, Send, build_plan  # noqa: E402
 from bench._chaos_procs import MAINTENANCE_CHANCE, ZENDESK_EMAIL, Cluster, Proc  # noqa: E402
 from bench._chaos_result import ChaosResult, percentiles  # noqa: E402

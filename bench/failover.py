@@ -56,8 +56,16 @@ if str(ROOT) not in sys.path:
 from bench._chaos_plan import build_plan  # noqa: E402
 from bench._chaos_procs import NAMESPACE, QUEUES, Cluster  # noqa: E402
 from bench._chaos_traffic import Sender  # noqa: E402
-from bench._failover_judge import (AckLog, FailoverResult, code_under_test, judge_acknowledged, lag,  # noqa: E402
-                                   scan_logs, summary, where_stuck)
+from bench._failover_judge import (  # noqa: E402
+    AckLog,
+    FailoverResult,
+    code_under_test,
+    judge_acknowledged,
+    lag,
+    scan_logs,
+    summary,
+    where_stuck,
+)
 from bench._failover_redis import SENTINEL_MASTER, Topology, direct  # noqa: E402
 from bench._servers import machine  # noqa: E402
 from bench.chaos import _Run  # noqa: E402

@@ -33,8 +33,21 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _opcore import (  # noqa: E402
-    CLAIM_LINK, LIMIT_STATUSES, REDIS_URL, BenchError, Stack, api_key, claim_event, describe, header, masked,
-    percentile, post_burst, run_id, stack, ticket_times,
+    CLAIM_LINK,
+    LIMIT_STATUSES,
+    REDIS_URL,
+    BenchError,
+    Stack,
+    api_key,
+    claim_event,
+    describe,
+    header,
+    masked,
+    percentile,
+    post_burst,
+    run_id,
+    stack,
+    ticket_times,
 )
 
 

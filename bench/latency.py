@@ -25,7 +25,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _opcore import (  # noqa: E402
-    LIMIT_STATUSES, REDIS_URL, BenchError, api_key, claim_event, describe, header, run_id, stack,
+    LIMIT_STATUSES,
+    REDIS_URL,
+    BenchError,
+    api_key,
+    claim_event,
+    describe,
+    header,
+    run_id,
+    stack,
     ticket_times,
 )
 

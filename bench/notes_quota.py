@@ -31,8 +31,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _opcore import (  # noqa: E402
-    ADMIN, LIMIT_STATUSES, REDIS_URL, BenchError, api_calls, api_key, claim_event, header, percentile, post_burst,
-    run_id, stack, ticket_times,
+    ADMIN,
+    LIMIT_STATUSES,
+    REDIS_URL,
+    BenchError,
+    api_calls,
+    api_key,
+    claim_event,
+    header,
+    percentile,
+    post_burst,
+    run_id,
+    stack,
+    ticket_times,
 )
 
 from opcore_hooks.testing import message_created  # noqa: E402

@@ -32,7 +32,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _opcore import (  # noqa: E402
-    REDIS_URL, BenchError, api_key, claim_event, header, post_burst, run_id, stack, ticket_posts, ticket_times,
+    REDIS_URL,
+    BenchError,
+    api_key,
+    claim_event,
+    header,
+    post_burst,
+    run_id,
+    stack,
+    ticket_posts,
+    ticket_times,
 )
 
 from opcore_hooks import ClaimCreated  # noqa: E402

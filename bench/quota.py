@@ -48,7 +48,17 @@ from dramatiq.brokers.redis import RedisBroker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _opcore import (  # noqa: E402
-    LIMIT_STATUSES, REDIS_URL, BenchError, api_calls, api_key, claim_event, header, post_burst, proc, run_id, stack,
+    LIMIT_STATUSES,
+    REDIS_URL,
+    BenchError,
+    api_calls,
+    api_key,
+    claim_event,
+    header,
+    post_burst,
+    proc,
+    run_id,
+    stack,
     ticket_times,
 )
 

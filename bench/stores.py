@@ -28,8 +28,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _opcore import (  # noqa: E402
-    LIMIT_STATUSES, NAMESPACE, REDIS_URL, BenchError, api_key, claim_event, describe, header, post_each, run_id,
-    stack, ticket_times,
+    LIMIT_STATUSES,
+    NAMESPACE,
+    REDIS_URL,
+    BenchError,
+    api_key,
+    claim_event,
+    describe,
+    header,
+    post_each,
+    run_id,
+    stack,
+    ticket_times,
 )
 
 
@@ -102,7 +112,7 @@ def main() -> None:
     if missing:
         raise BenchError(f"{len(missing)} claims have no ticket in the sandbox, e.g. {missing[:3]}")
     last_ticket = max(min(times[c]) for c in claims)
-    latency = [min(times[c]) - t for c, t in zip(claims, sent)]
+    latency = [min(times[c]) - t for c, t in zip(claims, sent, strict=True)]
     limited = sum(1 for r in requests if r["status"] in LIMIT_STATUSES)
     dupes = sum(len(times[c]) - 1 for c in claims)
     print(f"opcore: {n} tickets for {args.stores} stores in {last_ticket - first_post:.2f} s = "

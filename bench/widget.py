@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _servers import free_port, machine, uvicorn, wrk  # noqa: E402
 
 from opcore_hooks import Host, Panel, hookimpl  # noqa: E402
-from opcore_hooks.panel import render  # noqa: E402
 from opcore_hooks.config import Settings  # noqa: E402
 from opcore_hooks.crypto import generate_master_key  # noqa: E402
 from opcore_hooks.events import parse_body  # noqa: E402
+from opcore_hooks.panel import render  # noqa: E402
 from opcore_hooks.testing import claim_created  # noqa: E402
 from plugins.richpanel import widget  # noqa: E402
 from plugins.richpanel.settings import RichpanelSettings  # noqa: E402

@@ -31,8 +31,19 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _opcore import (  # noqa: E402
-    ADMIN, NAMESPACE, REDIS_URL, SECRET, BenchError, Stack, claim_event, free_port, header, opcore_cmd, post_each,
-    proc, run_id,
+    ADMIN,
+    NAMESPACE,
+    REDIS_URL,
+    SECRET,
+    BenchError,
+    Stack,
+    claim_event,
+    free_port,
+    header,
+    opcore_cmd,
+    post_each,
+    proc,
+    run_id,
 )
 
 from opcore_hooks.crypto import generate_master_key  # noqa: E402

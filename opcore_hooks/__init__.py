@@ -48,9 +48,9 @@ from .events import (
     OrderUpserted,
 )
 from .hookspecs import hookimpl
+from .host import Host
 from .http import ThreadTransport, transport_for
 from .ids import id_problem
-from .host import Host
 from .panel import Panel
 from .readmodel import CustomerContext
 from .routes import Routes

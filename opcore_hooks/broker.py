@@ -7,7 +7,8 @@
   run without Redis anyway, and the ingress does not use this path: it answers 503 at once.
 - **Acks and fetches in batches.** Dramatiq's Redis consumer acks each message with its own
   round trip and, with a backlog, fetches one message each time a worker frees a slot: two
-  round trips per message, a third of what one ticket cost a worker (bench/pipeline.py).
+  round trips per message, a large share of what one ticket cost a worker (bench/pipeline.py;
+  figures in ``docs/BENCHMARKS.md``).
   ``_Consumer`` acks everything finished since its last turn in one script, and fetches only
   once a quarter of its prefetch is free. Acks not yet sent belong to the broker, so a consumer
   replaced after a connection error leaves them to its successor; an ack held back is at worst
@@ -38,9 +39,9 @@ import time
 from typing import Any, Callable
 
 import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
-from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
 
 from .replication import NotReplicated, Replication, primary_id

@@ -141,12 +141,12 @@ class Committer:
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if missing:  # Redis restarted or flushed its scripts: load once, rerun just those
                 self.client.script_load(self.script)
-                for i, reply in zip(missing, self._execute([batch[i] for i in missing])):
+                for i, reply in zip(missing, self._execute([batch[i] for i in missing]), strict=True):
                     replies[i] = reply
         except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
             replies = [exc] * len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = defaultdict(list)
-        for (_, _, future, loop), reply in zip(batch, replies):
+        for (_, _, future, loop), reply in zip(batch, replies, strict=True):
             by_loop[loop].append((future, reply))
         for loop, results in by_loop.items():
             try:

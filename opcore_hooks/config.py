@@ -7,9 +7,8 @@ first request that needs it.
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict

@@ -17,7 +17,6 @@ from pydantic import BaseModel
 
 from . import keys
 
-
 #: What an exception says about the work that raised it. These come from the work itself (an
 #: event no model accepts, a value no request can carry, an answer no parser can use) and
 #: fail the same way on every retry: retrying one for days only hides it. A garbled JSON answer

@@ -212,14 +212,14 @@ def run(parts: list[DemoHelpdesk], count: int = 36, quota: int = 20, window: flo
     plans = [plan(f"demo-{part.plugin}", max(1, count // len(parts))) for part in parts]
     try:
         with httpx.Client(base_url=web.url, timeout=10) as http:
-            for part, p in zip(parts, plans):
+            for part, p in zip(parts, plans, strict=True):
                 part.connect(http, admin, p.store_id)
             console.print(f"[bold]opcore demo[/]: opcore at {web.url}; stores "
-                          + ", ".join(f"{p.store_id} ({part.title})" for part, p in zip(parts, plans))
+                          + ", ".join(f"{p.store_id} ({part.title})" for part, p in zip(parts, plans, strict=True))
                           + f" connected; stand-ins allow {quota} requests per {window:g} s")
             outcomes = _send_and_wait(console, http, settings, parts, plans)
             ok = _report(console, host, parts, plans, outcomes, time.monotonic() - started)
-            for part, p in zip(parts, plans):
+            for part, p in zip(parts, plans, strict=True):
                 _widget_example(console, http, host, admin, part.plugin, p, web.url)
         if keep_serving:
             _try_it(console, settings, parts, plans, web.url)
@@ -244,25 +244,25 @@ def _send_and_wait(console: Console, http: httpx.Client, settings: Settings, par
         tasks = [(bar.add_task(f"{part.title} tickets", total=len(p.claims)),
                   bar.add_task(f"{part.title} {part.finished_label}", total=len(p.finished)),
                   bar.add_task(f"{part.title} private notes", total=_count(p.messages)))
-                 for part, p in zip(parts, plans)]
+                 for part, p in zip(parts, plans, strict=True)]
         for event in events:
             http.post("/webhooks/orderprotection", json=event, headers=hook).raise_for_status()
             bar.advance(sending)
         deadline = time.monotonic() + 60
         while True:  # a note is written at least 2 s after its message arrived, behind the tickets
-            outcomes = [part.outcome(p) for part, p in zip(parts, plans)]
-            for (ticketing, finishing, noting), seen in zip(tasks, outcomes):
+            outcomes = [part.outcome(p) for part, p in zip(parts, plans, strict=True)]
+            for (ticketing, finishing, noting), seen in zip(tasks, outcomes, strict=True):
                 bar.update(ticketing, completed=len(seen.tickets))
                 bar.update(finishing, completed=len(seen.finished))
                 bar.update(noting, completed=_count(seen.notes))
             done = all(len(seen.tickets) >= len(p.claims) and len(seen.finished) >= len(p.finished)
-                       and _count(seen.notes) >= _count(p.messages) for seen, p in zip(outcomes, plans))
+                       and _count(seen.notes) >= _count(p.messages) for seen, p in zip(outcomes, plans, strict=True))
             if done or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
     if done:
         time.sleep(0.5)  # anything extra (a duplicate) would show up now
-    return [part.outcome(p) for part, p in zip(parts, plans)]
+    return [part.outcome(p) for part, p in zip(parts, plans, strict=True)]
 
 
 def _count(per_claim: dict[str, list[Any]]) -> int:
@@ -307,7 +307,7 @@ def _report(console: Console, host: Any, parts: list[DemoHelpdesk], plans: list[
                    "failures", "seconds"):
         summary.add_column(column, justify="right")
     problems: list[str] = []
-    for part, p, seen in zip(parts, plans, outcomes):
+    for part, p, seen in zip(parts, plans, outcomes, strict=True):
         found = _problems(part, p, seen)
         problems += [f"{part.title} {problem}" for problem in found]
         stats = host.delivery(part.plugin).stats()
@@ -319,7 +319,7 @@ def _report(console: Console, host: Any, parts: list[DemoHelpdesk], plans: list[
     listing = Table(title="claim → ticket", show_header=True)
     for column in ("claim", "helpdesk", "type", "ticket", "finished", "notes"):
         listing.add_column(column)
-    for part, p, seen in zip(parts, plans, outcomes):
+    for part, p, seen in zip(parts, plans, outcomes, strict=True):
         types = {e["body"]["claim_id"]: e["body"]["claim_type"] for e in p.events if e["topic"] == "claim.created"}
         for claim_id in p.claims:
             listing.add_row(claim_id, part.title, types[claim_id], ", ".join(seen.tickets.get(claim_id, [])) or "—",
@@ -381,7 +381,7 @@ def _try_it(console: Console, settings: Settings, parts: list[DemoHelpdesk], pla
 
     lines = [f"\nopcore serves at {base_url} until Ctrl-C. To follow the README against it:",
              f"  export OPCORE_ADMIN_TOKEN={admin} OPCORE_WEBHOOK_SECRET={secret}"]
-    for part, p in zip(parts, plans):
+    for part, p in zip(parts, plans, strict=True):
         settings_url = f"{base_url}/internal/integrations/{part.plugin}/stores/{p.store_id}"
         lines.append(f"  {part.title} store settings: " + _curl("-H", f"Authorization: Bearer {admin}", settings_url))
     lines.append(f"  a claim for {store_id}: " + webhook(claim))

@@ -122,10 +122,6 @@ class Customer(_Open):
     last_name: Name | None = None
     phone: Short | None = None
 
-    @property
-    def full_name(self) -> str:
-        return " ".join(part for part in (self.first_name, self.last_name) if part)
-
 
 class CustomerWithEmail(Customer):
     email: Email

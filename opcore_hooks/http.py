@@ -9,8 +9,8 @@ cost of that send is the largest single part of its CPU per ticket:
 - behind one shared ``httpx.HTTPTransport``, the threads meet in httpcore's connection pool,
   which walks all its connections under a lock on every request and every answer, polling
   each idle socket;
-- httpcore and h11 spend about 300 µs of Python per request beyond what ``http.client``
-  spends on the same exchange (bench/transport.py; figures in ``docs/BENCHMARKS.md``).
+- httpcore and h11 spend more Python per request than ``http.client`` spends on the same
+  exchange (bench/transport.py; figures in ``docs/BENCHMARKS.md``, "The host's transport").
 
 So each thread keeps its own connection per origin, as ``opcore_hooks.store.PinnedRedis`` does
 for Redis, and speaks HTTP/1.1 through ``http.client``. Requests through a proxy (HTTP(S)_PROXY,

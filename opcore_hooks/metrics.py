@@ -16,18 +16,15 @@ from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-
 from redis.exceptions import RedisError
 
 from .delivery.ledger import LATENCY_BUCKETS
-from .replication import replication_status
 from .events import BODY_MODELS
+from .replication import replication_status
 
 if TYPE_CHECKING:
     from .host import Host
 
-#: Event outcomes as the contract names them.
-OUTCOMES = ("accepted", "duplicate", "ignored", "refused")
 #: Topics are labels: anything opcore does not act on counts as "other", so a sender cannot
 #: grow the label set without bound.
 TOPICS = frozenset(BODY_MODELS)
@@ -176,7 +173,7 @@ class Metrics:
             pipe.lindex(f"{broker.namespace}:{name}", 0)
         replies = pipe.execute()
         now = time.time()
-        for name, count, head in zip(names, replies[::2], replies[1::2]):
+        for name, count, head in zip(names, replies[::2], replies[1::2], strict=True):
             messages.add_metric([name], count)
             if name.endswith(".DQ"):
                 continue  # delayed on purpose: their age says nothing about a backlog

@@ -111,14 +111,14 @@ class StandInState(Generic[C]):
     def __init__(self, config: C) -> None:
         self.lock = threading.RLock()
         self.config = config
-        self.rng = random.Random(getattr(config, "seed"))
+        self.rng = random.Random(config.seed)
 
     def update_config(self, **changes: Any) -> C:
         """Partial update, validated as a whole; a new seed restarts the RNG."""
         with self.lock:
             self.config = type(self.config).model_validate({**self.config.model_dump(), **changes})
             if "seed" in changes:
-                self.rng = random.Random(getattr(self.config, "seed"))
+                self.rng = random.Random(self.config.seed)
             return self.config
 
 

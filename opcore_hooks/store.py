@@ -87,7 +87,8 @@ class PinnedRedis(redis.Redis):
     thread's next command (its answer read just before that command's), or at the block's
     end if no command follows. It reaches Redis before anything the thread does next, as if
     run at once, but costs no round trip of its own: the read model's write before each
-    ticket was a fifth of a worker's CPU per ticket, mostly in that round trip.
+    ticket was a measurable share of a worker's CPU per ticket, mostly in that round trip
+    (docs/BENCHMARKS.md).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -204,7 +205,7 @@ class PinnedRedis(redis.Redis):
             if not queued:
                 return super()._send_command_parse_response(conn, command_name, *args, **options)
             conn.send_packed_command([chunk for item in queued for chunk in item.packed] + conn.pack_command(*args))
-            for item, reply in zip(queued, read_replies(conn, len(queued))):  # before the command's own
+            for item, reply in zip(queued, read_replies(conn, len(queued)), strict=True):  # before the command's own
                 item.answer, item.sent = reply, True
             # Sent and answered: a retry of this command (after a connection error) must not
             # send them again, and nothing else may read their answers.

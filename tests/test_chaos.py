@@ -12,11 +12,11 @@ on the code as it was before that fault was fixed.
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
 import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 

@@ -4,12 +4,12 @@ test sees what went over the wire, not what the transport believes it sent."""
 
 from __future__ import annotations
 
-import gc
-import json
-import os
 import contextlib
 import datetime
+import gc
 import ipaddress
+import json
+import os
 import socket
 import ssl
 import struct

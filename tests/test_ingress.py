@@ -6,13 +6,12 @@ import json
 
 import fakeredis
 import pytest
-from opcore_hooks.testing import CLAIM_CREATED, approved, claim_created, state_changed
 from starlette.testclient import TestClient
 
-from opcore_hooks.testing import WEBHOOK_SECRET
 from opcore_hooks.app import create_app
 from opcore_hooks.events import event_from_json
 from opcore_hooks.host import Host
+from opcore_hooks.testing import CLAIM_CREATED, WEBHOOK_SECRET, approved, claim_created, state_changed
 
 URL = "/webhooks/orderprotection"
 HEADERS = {"x-webhook-secret": WEBHOOK_SECRET}

@@ -20,10 +20,16 @@ from opcore_hooks.config import ConfigError, Settings
 from opcore_hooks.crypto import generate_master_key
 from opcore_hooks.host import Host
 from opcore_hooks.replication import NotReplicated, replication_status
-from opcore_hooks.store import PinnedRedis, connect_settings
-from opcore_hooks.testing import (ADMIN_TOKEN, WEBHOOK_SECRET, RedisPair, RedisServer, claim_created,
-                                  needs_redis_pair, wait_for)
-
+from opcore_hooks.store import connect_settings
+from opcore_hooks.testing import (
+    ADMIN_TOKEN,
+    WEBHOOK_SECRET,
+    RedisPair,
+    RedisServer,
+    claim_created,
+    needs_redis_pair,
+    wait_for,
+)
 
 
 def settings(**overrides) -> Settings:
@@ -140,7 +146,7 @@ def test_sentinel_is_followed_to_the_primary_and_after_a_failover(tmp_path):
 
 def test_sentinel_settings_are_checked_with_one_clear_line():
     with pytest.raises(ConfigError, match="OPCORE_REDIS_SENTINELS: 'nohost' is not host:port"):
-        settings(redis_sentinels="nohost", redis_sentinel_master="m").sentinel_addresses
+        _ = settings(redis_sentinels="nohost", redis_sentinel_master="m").sentinel_addresses
     with pytest.raises(ConfigError, match="OPCORE_REDIS_SENTINEL_MASTER"):
         connect_settings(settings(redis_sentinels="127.0.0.1:26379"))
 

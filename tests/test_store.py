@@ -25,7 +25,7 @@ def test_each_thread_keeps_its_own_connection_across_commands(redis_client):
 
     def work(name: str) -> None:
         ids = []
-        for i in range(5):
+        for _ in range(5):
             client.incr("pinned:counter")
             ids.append(_connection_of(client))
         seen[name] = ids

@@ -232,7 +232,7 @@ class Delivery:
             pipe.llen(self.parking.key(store_id))
         replies = pipe.execute() if ids else []
         return [StoreHealth(store_id, (state or b"unchecked").decode(), int(parked))
-                for store_id, state, parked in zip(ids, replies[::2], replies[1::2])]
+                for store_id, state, parked in zip(ids, replies[::2], replies[1::2], strict=True)]
 
     def count(self, stat: str, by: int = 1) -> None:
         self.redis.hincrby(self.ledger.stats_key, stat, by)

@@ -257,7 +257,7 @@ class Helpdesk(Generic[S]):
 
     def enabled(self, store: S) -> bool:
         """Whether the store chose this helpdesk. A disabled store's new claims are skipped."""
-        return bool(getattr(store, "enabled"))
+        return bool(store.enabled)
 
     def usable(self, store: S) -> bool:
         """Whether requests may be made: enabled, with credentials not known to be rejected.

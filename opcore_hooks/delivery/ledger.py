@@ -25,7 +25,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal, Mapping
 
-from .pacing import LUA as PACING_LUA, Pacer
+from .pacing import LUA as PACING_LUA
+from .pacing import Pacer
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -132,7 +133,7 @@ class Snapshot:
 def fields_of(flat: list[bytes]) -> dict[str, str]:
     """A hash as HGETALL answers it inside a script: names and values, flat."""
     text = [part.decode() for part in flat]
-    return dict(zip(text[::2], text[1::2]))
+    return dict(zip(text[::2], text[1::2], strict=True))
 
 
 def snapshot(fields: Mapping[str, str]) -> Snapshot:

@@ -22,7 +22,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .ledger import EPSILON, SNAPSHOT_LUA, Ledger, Snapshot
-from .pacing import LUA as PACING_LUA, Pacer
+from .pacing import LUA as PACING_LUA
+from .pacing import Pacer
 
 if TYPE_CHECKING:
     from ..host import Host

@@ -22,7 +22,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..guards import store_path
 from ..ids import id_problem
-
 from . import routes
 from .render import security_headers
 from .secrets import GRACE_SECONDS, Provisioned, WidgetSecrets

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..crypto import DecryptionError
 from ..bodies import BodyError, read_limited
+from ..crypto import DecryptionError
 from ..errors import field_errors
 from ..ids import email_problem, id_problem
 from ..signing import FUTURE_WINDOW, HEADER, WINDOW, SignatureError, join, sign, verify

@@ -24,6 +24,7 @@ from opcore_hooks import (
     Event,
     HelpdeskError,
     Host,
+    MessageCreated,
     Panel,
     RateLimited,
     RequestError,

@@ -124,8 +124,8 @@ class RichpanelClient:
     """One Richpanel account (API key) over a possibly shared httpx transport (the host's, by default).
 
     Requests go straight to the transport, not through an ``httpx.Client``: the client's
-    cookie jar, URL merging, auth and redirect layers cost about 140 µs per request, a seventh
-    of a worker's CPU per ticket (bench/worker_cpu.py), and Richpanel's API uses none of them.
+    cookie jar, URL merging, auth and redirect layers cost a measurable share of a worker's CPU
+    per ticket (bench/worker_cpu.py; docs/BENCHMARKS.md), and Richpanel's API uses none of them.
     Timeouts travel with each request, as httpx's own client sends them.
     """
 

@@ -267,7 +267,7 @@ class SandboxState(StandInState[SandboxConfig]):
             return [self._mask(v) for v in value]
         if isinstance(value, str) and self.accounts:
             # One regular expression over every key (longest first), not a replace per account:
-            # with a thousand accounts that loop cost the sandbox 2 ms per request.
+            # with a thousand accounts that loop dominated the sandbox's time per request.
             if self._keys_pattern is None:
                 keys = sorted(self.accounts, key=len, reverse=True)
                 self._keys_pattern = re.compile("|".join(map(re.escape, keys)))

@@ -33,8 +33,8 @@ from opcore_hooks.crypto import DecryptionError
 from .client import Team
 from .store_config import (  # noqa: F401 - re-exported: stores is the module callers use
     CHANNELS,
-    FIELD,
     EXAMPLE,
+    FIELD,
     SettingsError,
     SettingsUpdate,
     StoreConfig,

@@ -25,6 +25,6 @@ def shape_context(host: Host, store_id: str, context: CustomerContext) -> dict[s
     """The ``widget_context`` hook: the contract's JSON, recent orders only, every claim.
 
     The host's CustomerContext is already field for field the contract's shape, so this only
-    trims; validating it a second time would cost a third of the request.
+    trims; validating it a second time would be a large part of the request's cost.
     """
     return context.model_copy(update={"orders": context.orders[:RECENT_ORDERS]}).model_dump(mode="json")

@@ -38,3 +38,19 @@ def sandbox(server: SandboxServer) -> Any:
     server.state.update_config(quota=None, error_rate=0, rate_limit_rate=0, drop_rate=0, latency_ms=(0, 0),
                                limit_status=429, retry_after_form="seconds", window=30.0)
     return server
+
+
+@pytest.fixture
+def mirror(make_host, run_worker, sandbox, monkeypatch):
+    """A delivering Richpanel host (``test_delivery.delivering``) whose store mirrors messages as notes."""
+    from plugins.richpanel import stores
+    from plugins.richpanel.store_config import SettingsUpdate
+
+    from .test_delivery import STORE, delivering
+
+    host, worker, sandbox = delivering(make_host, run_worker, sandbox, monkeypatch)
+    stores.update(host, STORE, SettingsUpdate(mirror_messages=True))
+    sandbox.state.requests.clear()
+    notes = host.delivery("richpanel").notes
+    notes.write_actor.options.update(min_backoff=50, max_backoff=200)
+    return host, worker, sandbox

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import vcr
 
-from opcore_hooks.testing import claim_created, claim_note
 from opcore_hooks.events import ClaimCreated
 from opcore_hooks.summary import note_html
+from opcore_hooks.testing import claim_created, claim_note
 from plugins.richpanel.client import AuthError, RateLimited, RichpanelClient
 from plugins.richpanel.tickets import build_ticket, has_note
 

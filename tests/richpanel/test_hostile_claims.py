@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 from opcore_hooks.app import create_app
 from opcore_hooks.samples import CLAIM_CREATED
 from opcore_hooks.testing import WEBHOOK_SECRET, wait_for
-from tests.richpanel.test_delivery import STORE, delivering, ticket_of
+from tests.richpanel.test_delivery import delivering, ticket_of
 
 #: Examples per run; the closing note of #23 and docs/SECURITY.md quote it.
 EXAMPLES = 300

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from opcore_hooks.delivery.engine import FINISH_LOOKUPS, FINISH_LOOKUP_SECONDS
+from opcore_hooks.delivery.engine import FINISH_LOOKUP_SECONDS, FINISH_LOOKUPS
 from opcore_hooks.testing import approved, claim_created, drain, wait_for
 
 from .test_delivery import STORE, delivering, post, requests, ticket_of, tickets

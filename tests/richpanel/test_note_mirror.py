@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from starlette.testclient import TestClient
 
 from opcore_hooks import Refused, Transient
@@ -23,16 +22,6 @@ from .test_delivery import STORE, delivering, post, requests, settle, tickets
 from .test_metrics import scrape
 
 EARLY, MIDDLE, LATE = "2026-11-27T10:01:00Z", "2026-11-27T10:02:00Z", "2026-11-27T10:03:00Z"
-
-
-@pytest.fixture
-def mirror(make_host, run_worker, sandbox, monkeypatch):
-    host, worker, sandbox = delivering(make_host, run_worker, sandbox, monkeypatch)
-    stores.update(host, STORE, SettingsUpdate(mirror_messages=True))
-    sandbox.state.requests.clear()
-    notes = host.delivery("richpanel").notes
-    notes.write_actor.options.update(min_backoff=50, max_backoff=200)
-    return host, worker, sandbox
 
 
 def notes_of(sandbox) -> list[dict]:

@@ -17,7 +17,7 @@ from plugins.richpanel.helpdesk import Richpanel
 from plugins.richpanel.store_config import SettingsUpdate
 
 from .test_delivery import STORE, delivering, post, settle, tickets
-from .test_note_mirror import mirror, notes_of, texts  # noqa: F401  (fixture)
+from .test_note_mirror import notes_of, texts
 
 
 def _ticketed(host, worker, sandbox):

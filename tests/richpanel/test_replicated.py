@@ -13,7 +13,6 @@ from plugins.richpanel import plugin, stores
 
 from .test_delivery import KEY, STORE, TEAM, post, requests, ticket_of, tickets
 
-
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 

@@ -66,9 +66,9 @@ def dump(r, pacing: bool = True) -> str:
         if not pacing and b":richpanel:pace:" in key:
             continue
         kind = r.type(key).decode()
-        value = {"string": lambda: r.get(key), "hash": lambda: r.hgetall(key),
-                 "list": lambda: r.lrange(key, 0, -1), "set": lambda: r.smembers(key),
-                 "zset": lambda: r.zrange(key, 0, -1, withscores=True)}.get(kind, lambda: kind)()
+        readers = {"string": r.get, "hash": r.hgetall, "list": lambda k: r.lrange(k, 0, -1), "set": r.smembers,
+                   "zset": lambda k: r.zrange(k, 0, -1, withscores=True)}
+        value = readers[kind](key) if kind in readers else kind
         out.append(f"{key!r}={value!r}")
     return "\n".join(out)
 

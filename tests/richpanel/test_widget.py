@@ -12,11 +12,11 @@ from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from opcore_hooks.app import create_app
-from opcore_hooks.signing import sign, sign_all
-from opcore_hooks.testing import ADMIN_TOKEN, approved, claim_created, feed
 from opcore_hooks.config import ConfigError
 from opcore_hooks.panel import GRACE_SECONDS
 from opcore_hooks.panel import routes as panel_routes
+from opcore_hooks.signing import sign, sign_all
+from opcore_hooks.testing import ADMIN_TOKEN, approved, claim_created, feed
 from plugins.richpanel import plugin, widget
 
 STORE = "store_123"

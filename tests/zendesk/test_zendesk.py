@@ -7,9 +7,8 @@ what the sandbox received.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
-
 import time
+from typing import Any, Iterator
 
 import pytest
 from starlette.testclient import TestClient
@@ -140,8 +139,8 @@ def test_a_lost_answer_is_found_again_instead_of_creating_a_second_ticket(zd):
 def test_a_repeated_create_with_the_same_key_gets_the_first_ticket_back(zd):
     # After Zendesk's lookup misses (its index lags), a second create is safe: same key, same body.
     host, worker, sandbox, client = zd
-    from plugins.zendesk.tickets import build_ticket, idempotency_key
     from opcore_hooks import ClaimCreated
+    from plugins.zendesk.tickets import build_ticket, idempotency_key
 
     claim = ClaimCreated.model_validate(claim_created()["body"])
     body, key = build_ticket(claim, host.claim_url(claim.claim_id), group_id=GROUP), idempotency_key(STORE, claim.claim_id)
@@ -213,7 +212,8 @@ def test_settings_are_checked_masked_and_refused_whole(make_host, sandbox):
 
 
 def test_richpanel_and_zendesk_stores_are_served_side_by_side(make_host, run_worker, sandbox, monkeypatch):
-    from plugins.richpanel import plugin as richpanel, session
+    from plugins.richpanel import plugin as richpanel
+    from plugins.richpanel import session
     from plugins.richpanel.sandbox import SandboxConfig, create_sandbox
     from plugins.richpanel.stores import SettingsUpdate, update
 
@@ -246,7 +246,8 @@ def test_a_store_that_adds_zendesk_gets_its_next_claims_there_though_earlier_one
         make_host, run_worker, sandbox, monkeypatch):
     # Each dispatch reads the settings of a helpdesk the store did not use, riding on the
     # dispatch's first command; what it read must never outlive that dispatch.
-    from plugins.richpanel import plugin as richpanel, session
+    from plugins.richpanel import plugin as richpanel
+    from plugins.richpanel import session
     from plugins.richpanel.sandbox import SandboxConfig, create_sandbox
     from plugins.richpanel.stores import SettingsUpdate, update
 
