@@ -25,7 +25,9 @@ POLL_MS = 100
 
 
 class _KeepDelayed(ConsumerThread):
-    """A consumer that gives back the delayed messages Dramatiq drops on a connection error.
+    """A consumer that gives back the delayed messages Dramatiq drops on a connection error
+    (upstream: Bogdanp/dramatiq#527; the internals used here are pinned in pyproject.toml and
+    checked by tests/test_dramatiq_contract.py).
 
     On a broker connection error, Dramatiq's consumer replaces its in-memory delay queue with
     an empty one. The messages it held stay claimed by this worker in Redis and come back only
