@@ -180,3 +180,26 @@ def test_a_store_s_burst_overflows_into_the_bulk_lane_and_is_all_delivered(make_
     drain(host, worker)
     assert sorted(claims_of(host, "one")) == sorted([e["body"]["claim_id"] for e in burst] + ["quiet-1"])
     assert not host.redis.exists(host.key("inflight", "store_123"))
+
+
+def test_a_helpdesk_missing_a_required_method_fails_when_the_host_loads_it(make_host):
+    """Not in a worker on the first claim: ``Helpdesk`` is an ABC."""
+    from opcore_hooks import Helpdesk, Pacing
+
+    class Incomplete(Helpdesk):
+        pacing = Pacing(quota=10, window=1.0)
+
+        def settings_key(self, store_id): return f"x:{store_id}"
+        def load_store(self, store_id, fields): return fields
+        def pacing_scope(self, store): return "scope"
+        def credentials_rejected(self, store, reason): pass
+        def create_ticket(self, call, claim): return "1"
+        def find_ticket(self, call, claim): return None
+
+    class Plugin:
+        @hookimpl
+        def register_helpdesk(self, host):
+            return Incomplete(host)
+
+    with pytest.raises(TypeError, match="finish_ticket"):
+        make_host({"incomplete": Plugin()})

@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -215,8 +216,13 @@ class Note:
 
 # -- the adapter ---------------------------------------------------------------------------------
 
-class Helpdesk(Generic[S]):
-    """Subclass this for a helpdesk; every method documents what the engine expects of it."""
+class Helpdesk(ABC, Generic[S]):
+    """Subclass this for a helpdesk; every method documents what the engine expects of it.
+
+    The methods every helpdesk must have are abstract: a subclass that lacks one cannot be
+    built, so the plugin fails when the host loads it (``register_helpdesk``), not in a worker
+    on the first claim. The note mirror's ``add_note`` is optional (``writes_notes``).
+    """
 
     #: The helpdesk's name as people read it, in logs and dead-letter reasons.
     title: ClassVar[str] = "the helpdesk"
@@ -229,6 +235,7 @@ class Helpdesk(Generic[S]):
 
     # -- settings ----------------------------------------------------------------------------
     @property
+    @abstractmethod
     def pacing(self) -> Pacing:
         """Requests per window per ``pacing_scope``."""
         raise NotImplementedError
@@ -238,6 +245,7 @@ class Helpdesk(Generic[S]):
         """Seconds before one request counts as lost; bounds how long a claim's lock is held."""
         return 10.0
 
+    @abstractmethod
     def settings_key(self, store_id: str) -> str:
         """The Redis hash holding the store's settings for this helpdesk.
 
@@ -251,6 +259,7 @@ class Helpdesk(Generic[S]):
         health and parked work. The default, none, leaves those figures empty."""
         return ()
 
+    @abstractmethod
     def load_store(self, store_id: str, fields: dict[str, str]) -> S:
         """The store's settings from the hash's fields (secrets decrypted); fields is never empty."""
         raise NotImplementedError
@@ -264,11 +273,13 @@ class Helpdesk(Generic[S]):
         An enabled store that is not usable has its work parked."""
         return self.enabled(store) and getattr(store, "credentials", "unchecked") != "invalid"
 
+    @abstractmethod
     def pacing_scope(self, store: S) -> str:
         """What the helpdesk counts requests against: an API key, an account. Never stored as is
         (a fingerprint names it in Redis)."""
         raise NotImplementedError
 
+    @abstractmethod
     def credentials_rejected(self, store: S, reason: str) -> None:
         """Record in the store's health that its credentials were refused (a 401), so that
         ``usable`` says False until valid ones are saved: the engine parks the work meanwhile.
@@ -277,11 +288,13 @@ class Helpdesk(Generic[S]):
         raise NotImplementedError
 
     # -- the requests ------------------------------------------------------------------------
+    @abstractmethod
     def create_ticket(self, call: Call[S], claim: ClaimCreated) -> str:
         """Open the claim's ticket; return its id. Called at most once per claim unless an
         earlier answer was lost, in which case ``find_ticket`` is asked first."""
         raise NotImplementedError
 
+    @abstractmethod
     def find_ticket(self, call: Call[S], claim: ClaimCreated) -> str | None:
         """The id of the ticket an earlier create opened for this claim, or None.
 
@@ -291,6 +304,7 @@ class Helpdesk(Generic[S]):
         """
         raise NotImplementedError
 
+    @abstractmethod
     def finish_ticket(self, call: Call[S], ticket_id: str) -> None:
         """Mark the ticket of a finished claim (snooze, pending). Must be safe to repeat."""
         raise NotImplementedError
