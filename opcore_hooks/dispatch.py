@@ -55,16 +55,16 @@ HOOK_FOR_TOPIC = {
 # KEYS: seen, msgs, queue, the store's in-flight counter, bulk msgs, bulk queue, event counters,
 #       the claim's messages in flight (a message.created; the note mirror waits for them).
 # ARGV: seen ttl, message id, message, lane limit, the message's queue_name prefix, the bulk one,
-#       the topic (counted as "<topic>|accepted" or "<topic>|duplicate" for /metrics), '1' for a
-#       message.created.
+#       the topic (counted as "<topic>|accepted" or "<topic>|duplicate" for /metrics), the event
+#       id for a message.created ('' for any other).
 # Dramatiq acks a message through the consumer of the queue its queue_name names, so a message
 # sent down the bulk lane must name it; Dramatiq's encoding puts queue_name first, which makes
 # swapping that prefix here exact and spares encoding and sending the event twice.
 _ACCEPT = """
 if redis.call('SET', KEYS[1], 'accepted', 'NX', 'EX', ARGV[1]) then
   redis.call('HINCRBY', KEYS[7], ARGV[7] .. '|accepted', 1)
-  if ARGV[8] == '1' then
-    redis.call('INCR', KEYS[8])
+  if ARGV[8] ~= '' then
+    redis.call('SADD', KEYS[8], ARGV[8])
     redis.call('EXPIRE', KEYS[8], 3600)
   end
   local n = redis.call('INCR', KEYS[4])
@@ -84,9 +84,11 @@ return 0
 """
 
 
-# KEYS: the claim's messages in flight. A redelivered dispatch may count one twice: never below 0.
+# KEYS: the claim's messages in flight. ARGV: the event's id. A set, not a count: a dispatch run
+# twice (redelivered, or run again after a failover lost its ack) removes its own id twice, never
+# another message's, which would let the note mirror write that one's successor first.
 _ARRIVED = """
-if tonumber(redis.call('DECR', KEYS[1])) <= 0 then redis.call('DEL', KEYS[1]) end
+redis.call('SREM', KEYS[1], ARGV[1])
 """
 
 
@@ -150,7 +152,7 @@ class Dispatcher:
                     self.deliver.send(name, data)
             coming = self._messages_key(event)
             if coming is not None:  # handed to every plugin (a failed one retries on its own)
-                self.host.redis.defer(self._arrived, keys=[coming], args=[])
+                self.host.redis.defer(self._arrived, keys=[coming], args=[event.id])
 
     def _deliver(self, plugin: str, data: dict[str, Any]) -> None:
         event = event_from_json(data)
@@ -213,7 +215,7 @@ class Dispatcher:
         queue, msgs, bulk, bulk_msgs = self._lanes
         accepted = await self.committer.call(
             [seen_key, msgs, queue, inflight, bulk_msgs, bulk, self.host.metrics.events_key, coming or inflight],
-            [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE, event.topic, "1" if coming else ""],
+            [ttl_seconds, message_id, encoded, LANE_LIMIT, _MAIN_LANE, _BULK_LANE, event.topic, event.id if coming else ""],
         )
         return bool(accepted)
 

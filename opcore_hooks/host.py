@@ -107,9 +107,10 @@ class Host:
         return keys.join(self.settings.namespace, *parts)
 
     def messages_in_flight_key(self, store_id: str, claim_id: str) -> str:
-        """How many of the claim's messages the ingress accepted and the dispatch has not handed
-        to the plugins yet: the note mirror's writer waits for them, to keep the order."""
-        return self.key("msgs", store_id, claim_id)
+        """The set of the claim's message events (by id) the ingress accepted and the dispatch has
+        not handed to the plugins yet: the note mirror's writer waits for them, to keep the order.
+        (It was a count under another name, ``msgs``; those keys expire within the hour.)"""
+        return self.key("coming", store_id, claim_id)
 
     def claim_url(self, claim_id: str) -> str:
         return self.settings.claim_url(claim_id)

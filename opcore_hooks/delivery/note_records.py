@@ -99,7 +99,7 @@ local received = tonumber(string.match(payload, '^([^|]+)|'))
 if not sending then
   local ready = received + tonumber(ARGV[3])
   if ready > now then return {'wait', string.format('%.6f', ready)} end
-  local coming = tonumber(redis.call('GET', KEYS[10]) or '0')
+  local coming = redis.call('SCARD', KEYS[10])
   if coming > 0 and received + tonumber(ARGV[14]) > now then return {'wait', string.format('%.6f', now + 0.25)} end
 end
 local window, quota, follow = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[12] == '1'
