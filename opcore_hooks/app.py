@@ -73,8 +73,8 @@ def create_app(host: Host, *, with_worker: bool = False, worker_threads: int = 4
     for name in host.plugin_names:
         routes: Routes = host.call_plugin(name, "register_routes", host=host) or Routes()
         panel = host.panel(name)
-        plugin_internal = routes.internal + (panel.internal_routes() if panel else [])
-        plugin_widget = routes.widget + (panel.widget_routes() if panel else [])  # the panel's /{store_id} last
+        plugin_internal = [*routes.internal, *(panel.internal_routes() if panel else [])]
+        plugin_widget = [*routes.widget, *(panel.widget_routes() if panel else [])]  # the panel's /{store_id} last
         if plugin_internal:
             guards = [Middleware(store_ids_checked)]  # a malformed store id never reaches a plugin
             if panel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from starlette.routing import BaseRoute
@@ -9,7 +10,9 @@ from starlette.routing import BaseRoute
 
 @dataclass
 class Routes:
+    """A plugin's Starlette routes (any sequence of them: a list of ``Route`` is one)."""
+
     #: Mounted under ``/internal/integrations/<plugin>``; the host enforces the admin token.
-    internal: list[BaseRoute] = field(default_factory=list)
+    internal: Sequence[BaseRoute] = field(default_factory=list)
     #: Mounted under ``/widgets/<plugin>``; public, the plugin verifies signatures itself.
-    widget: list[BaseRoute] = field(default_factory=list)
+    widget: Sequence[BaseRoute] = field(default_factory=list)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import click
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from opcore_hooks import (
@@ -71,7 +71,9 @@ def register_helpdesk(host: Host) -> TemplateDesk:
 @hookimpl
 def register_panel(host: Host) -> Panel:
     """The widget panel beside a ticket: the host serves, signs and provisions it."""
-    return Panel(frame_ancestors=host.plugin_settings(NAME).frame_ancestors,
+    settings = host.plugin_settings(NAME)
+    assert isinstance(settings, Settings)  # what register_settings declared
+    return Panel(frame_ancestors=settings.frame_ancestors,
                  setting=f"OPCORE_{NAME.upper()}_FRAME_ANCESTORS")
 
 
@@ -104,8 +106,10 @@ class SettingsRefused(RequestError):
 def _check(host: Host, token: str) -> None:
     """Ask the helpdesk whether ``token`` works, paced like delivery; SettingsRefused if not."""
     delivery = host.delivery(NAME)
+    helpdesk = delivery.helpdesk
+    assert isinstance(helpdesk, TemplateDesk)  # what register_helpdesk returned
     try:
-        delivery.request(token, delivery.helpdesk.check, max_wait=5.0)
+        delivery.request(token, helpdesk.check, max_wait=5.0)
     except CredentialsRejected:
         raise SettingsRefused("the helpdesk rejected this api_token; nothing was saved", rejected=True,
                               details=[problem("api_token", "rejected by the helpdesk: paste a valid token",
@@ -173,7 +177,8 @@ def register_commands(cli: click.Group) -> None:
     @mirror_messages_option
     def set_store(store_id: str, api_token: str | None, enable: bool | None, mirror_messages: bool | None) -> None:
         """Connect STORE_ID to this helpdesk (the token is checked before it is saved)."""
-        saved = configure(open_host(), store_id, stores.SettingsUpdate(api_token=api_token, enabled=enable,
+        token = SecretStr(api_token) if api_token is not None else None
+        saved = configure(open_host(), store_id, stores.SettingsUpdate(api_token=token, enabled=enable,
                                                                        mirror_messages=mirror_messages))
         click.echo(f"{NAME}: store {store_id} saved, token {stores.view(saved)['api_token']}")
 

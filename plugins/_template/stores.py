@@ -56,7 +56,7 @@ def load(host: Host, plugin: str, store_id: str, fields: dict[str, str]) -> Stor
 
 def read(host: Host, plugin: str, store_id: str) -> StoreSettings | None:
     raw = host.redis.hgetall(settings_key(host, plugin, store_id))
-    return load(host, plugin, store_id, {k.decode(): v.decode() for k, v in raw.items()}) if raw else None
+    return load(host, plugin, store_id, {_text(k): _text(v) for k, v in raw.items()}) if raw else None
 
 
 def save(host: Host, plugin: str, store_id: str, update: SettingsUpdate, *, credentials: str) -> StoreSettings:
@@ -98,11 +98,11 @@ def rotate(host: Host, plugin: str) -> int:
     """Re-seal every stored token under the newest master key; returns how many changed."""
     count = 0
     for raw in host.redis.smembers(host.key(plugin, "stores")):
-        store_id = raw.decode()
+        store_id = _text(raw)
         key = settings_key(host, plugin, store_id)
         token = host.redis.hget(key, TOKEN)
-        if token is not None and not host.vault.is_current(token.decode()):
-            host.redis.hset(key, TOKEN, host.vault.reseal(store_id, TOKEN, token.decode()))
+        if token is not None and not host.vault.is_current(_text(token)):
+            host.redis.hset(key, TOKEN, host.vault.reseal(store_id, TOKEN, _text(token)))
             count += 1
     return count
 
@@ -132,4 +132,9 @@ def view(settings: StoreSettings) -> dict[str, Any]:
 
 def store_ids(host: Host, plugin: str) -> list[str]:
     """Every store that ever saved settings for this helpdesk (for the host's metrics)."""
-    return [raw.decode() for raw in host.redis.smembers(host.key(plugin, "stores"))]
+    return [_text(raw) for raw in host.redis.smembers(host.key(plugin, "stores"))]
+
+
+def _text(raw: bytes | str) -> str:
+    """A Redis reply as text: the host's client answers bytes (redis-py's types say either)."""
+    return raw.decode() if isinstance(raw, bytes) else raw
