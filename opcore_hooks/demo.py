@@ -417,7 +417,7 @@ def register(cli: click.Group) -> None:
                   help="Keep the app and stand-ins up to try the widget URL and the printed webhooks.")
     def demo(claims: int, quota: int, window: float, only: tuple[str, ...], keep_serving: bool) -> None:
         """Run the whole flow on this machine against local stand-ins of every helpdesk."""
-        from .cli import fail  # the command line imports this module
+        from .commands import fail
         from .plugins import load_plugins
 
         loaded = load_plugins(allowlist=Settings().plugin_allowlist)

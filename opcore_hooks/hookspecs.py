@@ -74,7 +74,7 @@ def register_panel(host: Host) -> Panel | None:
 @hookspec
 def register_demo() -> DemoHelpdesk | None:
     """Return the plugin's part of ``opcore demo``: a local stand-in of its helpdesk and how to
-    read back what it received (:class:`opcore_hooks.demo.DemoHelpdesk`), or None.
+    read back what it received (:class:`opcore_hooks.standins.DemoHelpdesk`), or None.
 
     Called before the demo builds its host, so the part can point the plugin's settings at the
     stand-in through the environment.

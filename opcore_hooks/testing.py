@@ -36,6 +36,18 @@ from .samples import CLAIM_CREATED
 from .worker import EmbeddedWorker
 
 REAL_REDIS = os.environ.get("OPCORE_TEST_REDIS_URL")
+
+#: The host's entry points a plugin's tests drive (the app, the command line, plugin loading),
+#: importable from here so a plugin's tests need nothing of the host but this and its API.
+_ENTRY_POINTS = {"create_app": "app", "cli": "cli", "load_plugins": "plugins"}
+
+
+def __getattr__(name: str) -> Any:
+    """``create_app``, ``cli`` and ``load_plugins``, imported when first asked for (the command
+    line pulls in the servers and the demo; a test that needs none of them imports none)."""
+    if name in _ENTRY_POINTS:
+        return getattr(importlib.import_module(f"opcore_hooks.{_ENTRY_POINTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 BACKENDS = ["fakeredis"] + (["redis"] if REAL_REDIS else [])
 
 WEBHOOK_SECRET = "whsec_test_0123456789"

@@ -21,8 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from opcore_hooks import Call, ClaimCreated, Helpdesk, Host, Note, Pacing, ThreadTransport, header_count
-from opcore_hooks.summary import note_text
+from opcore_hooks import Call, ClaimCreated, Helpdesk, Host, Note, Pacing, ThreadTransport, header_count, note_text
 
 from .stores import StoreSettings, load, mark_invalid, settings_key, store_ids
 

@@ -30,11 +30,14 @@ from opcore_hooks import (
     RequestError,
     Routes,
     StoreSettingsAPI,
+    add_refusal,
+    add_store_commands,
     check_settings,
     hookimpl,
+    mirror_messages_option,
+    open_host,
     problem,
 )
-from opcore_hooks.cli import add_refusal, add_store_commands, mirror_messages_option, open_host
 
 from . import stores
 from .helpdesk import TemplateDesk

@@ -10,8 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool
 
-from opcore_hooks import Host
-from opcore_hooks.fields import MirrorMessages
+from opcore_hooks import Host, MirrorMessages
 
 TOKEN = "api_token"  # the vault binds the ciphertext to this field name
 

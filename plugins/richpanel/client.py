@@ -17,8 +17,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from opcore_hooks import header_count, parse_retry_after
-from opcore_hooks.http import transport_for
+from opcore_hooks import header_count, parse_retry_after, transport_for
 
 DEFAULT_RETRY_AFTER = 30.0
 """Used when a rate-limited answer has no usable Retry-After: Richpanel's window is 30 s."""

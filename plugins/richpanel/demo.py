@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from opcore_hooks.demo import DemoHelpdesk, Outcome, Plan, SeenNote
+from opcore_hooks.standins import DemoHelpdesk, Outcome, Plan, SeenNote
 
 from .client import mask_key
 from .sandbox import SandboxConfig, SandboxServer, run_in_thread

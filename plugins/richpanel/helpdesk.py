@@ -24,8 +24,8 @@ from opcore_hooks import (
     RateLimited,
     Refused,
     Transient,
+    note_html,
 )
-from opcore_hooks.summary import note_html
 
 from . import session, stores, tickets
 from .client import AuthError, ClientError, RichpanelClient, RichpanelError

@@ -13,8 +13,7 @@ from typing import Any
 
 import httpx
 
-from opcore_hooks import Host
-from opcore_hooks.http import transport_for
+from opcore_hooks import Host, transport_for
 
 from .client import RichpanelClient, transport_of
 from .settings import RichpanelSettings

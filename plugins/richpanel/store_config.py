@@ -12,8 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, field_validator
 
-from opcore_hooks import RequestError, problem, validated
-from opcore_hooks.fields import MirrorMessages
+from opcore_hooks import MirrorMessages, RequestError, problem, validated
 
 from .client import Team
 

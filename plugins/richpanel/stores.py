@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from opcore_hooks import (
     CredentialsCheck,
     CredentialsRejected,
+    DecryptionError,
     Detail,
     HelpdeskError,
     Host,
@@ -28,7 +29,6 @@ from opcore_hooks import (
     check_settings,
     problem,
 )
-from opcore_hooks.crypto import DecryptionError
 
 from .client import Team
 from .store_config import (  # noqa: F401 - re-exported: stores is the module callers use

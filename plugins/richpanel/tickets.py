@@ -11,8 +11,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from opcore_hooks import ClaimCreated
-from opcore_hooks.summary import subject, summary_html
+from opcore_hooks import ClaimCreated, subject, summary_html
 
 #: Channels whose customer is addressed by phone number rather than email.
 PHONE_CHANNELS = {"twilio-sms", "aircall"}

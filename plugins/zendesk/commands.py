@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from opcore_hooks.cli import add_refusal, add_store_commands, fail, mirror_messages_option, open_host
-from opcore_hooks.serving import fault_options
+from opcore_hooks import add_refusal, add_store_commands, fail, mirror_messages_option, open_host
+from opcore_hooks.standins import fault_options
 
 from . import stores
 from .stores import SettingsError

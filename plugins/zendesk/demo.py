@@ -14,7 +14,7 @@ import secrets
 
 import httpx
 
-from opcore_hooks.demo import DemoHelpdesk, Outcome, Plan, SeenNote
+from opcore_hooks.standins import DemoHelpdesk, Outcome, Plan, SeenNote
 
 from .sandbox import SandboxConfig, SandboxServer, run_in_thread
 

@@ -34,11 +34,11 @@ from opcore_hooks import (
     Pacing,
     RateLimited,
     Refused,
+    ThreadTransport,
     Transient,
     classify_http,
+    note_text,
 )
-from opcore_hooks.http import ThreadTransport
-from opcore_hooks.summary import note_text
 
 from . import stores, tickets
 from .client import UnreadableAnswer, ZendeskClient

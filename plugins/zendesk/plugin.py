@@ -18,6 +18,7 @@ from opcore_hooks import (
     ClaimCreated,
     ClaimStatusChanged,
     CredentialsCheck,
+    DecryptionError,
     Event,
     Host,
     MessageCreated,
@@ -25,7 +26,6 @@ from opcore_hooks import (
     Routes,
     hookimpl,
 )
-from opcore_hooks.crypto import DecryptionError
 
 from . import api, commands, stores, widget
 from .demo import ZendeskDemo

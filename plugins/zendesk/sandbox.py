@@ -38,7 +38,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from opcore_hooks.serving import DroppedResponse, ForegroundServer, StandInState, ThreadedServer, hide_drops, with_notes
+from opcore_hooks.standins import (
+    DroppedResponse,
+    ForegroundServer,
+    StandInState,
+    ThreadedServer,
+    hide_drops,
+    with_notes,
+)
 
 WINDOW = 60.0
 IDEMPOTENCY_SECONDS = 2 * 3600

@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, SecretStr, StrictBool, StrictInt, fi
 
 from opcore_hooks import (
     CredentialsRejected,
+    DecryptionError,
     Detail,
     HelpdeskError,
     Host,
+    MirrorMessages,
     RateLimited,
     Refused,
     RequestError,
@@ -29,8 +31,6 @@ from opcore_hooks import (
     problem,
     validated,
 )
-from opcore_hooks.crypto import DecryptionError
-from opcore_hooks.fields import MirrorMessages
 
 from .client import SUBDOMAIN, Group
 

@@ -12,8 +12,7 @@ import hashlib
 import json
 from typing import Any, Iterable
 
-from opcore_hooks import ClaimCreated
-from opcore_hooks.summary import subject, summary_text
+from opcore_hooks import ClaimCreated, subject, summary_text
 
 TAG = "order_protection"
 AGENT_NOTE = (

@@ -18,15 +18,15 @@ import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
-from opcore_hooks.app import create_app
-from opcore_hooks.cli import cli
-from opcore_hooks.plugins import load_plugins
 from opcore_hooks.testing import (
     ADMIN_TOKEN,
     WEBHOOK_SECRET,
     approved,
     claim_created,
+    cli,
+    create_app,
     drain,
+    load_plugins,
     message_created,
     plugin_beside,
     wait_for,
@@ -269,7 +269,7 @@ def test_the_note_mirror_setting_is_off_until_turned_on_and_kept_when_omitted(de
 
 
 def test_the_note_mirror_is_set_from_the_command_line(desk, monkeypatch):
-    from opcore_hooks.host import Host
+    from opcore_hooks import Host
 
     host, worker, stand_in, client = desk
     monkeypatch.setattr(Host, "from_env", classmethod(lambda cls, **kw: host))
