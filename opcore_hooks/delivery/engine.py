@@ -340,9 +340,12 @@ class Delivery:
         self._follow_up(job, finish, turn)
 
     def _follow_up(self, job: Job, finish: str | None, turn: Turn) -> None:
-        """Once the claim's ticket is known: its wanted finish, and the messages that came before it."""
+        """Once the claim's ticket is known: its wanted finish, and the messages that came before it.
+        A finish wanted before the ticket was also put down to be looked for (``finish_waits_key``):
+        it is on its way now, so nothing is left for the ticker to send a minute later."""
         if finish == "wanted":
             self.request_finish(job.store_id, job.claim_id)
+            self.redis.zrem(self.finish_waits_key, json.dumps([job.store_id, job.claim_id]))
         if turn.notes_waiting and self.notes is not None:
             self.notes.wake(job.store_id, job.claim_id)
 
