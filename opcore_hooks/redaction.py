@@ -12,6 +12,7 @@ so they hold for every handler, pytest's caplog too.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import httpx
 from dramatiq import Actor, Message
@@ -20,23 +21,49 @@ from dramatiq.broker import MessageProxy
 _HIDDEN = "(not logged: it may hold customer data)"
 
 
-class HideMessageArgs(logging.Filter):
+class _Relabel(logging.Filter):
+    """Logs each argument of one of ``kinds`` as ``label(argument)``, every other one as it is."""
+
+    kinds: tuple[type, ...] = ()
+
+    def label(self, arg: Any) -> str:
+        raise NotImplementedError
+
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple):
-            if isinstance(record.msg, str) and record.msg.startswith("Received args="):
-                record.args = (_HIDDEN, _HIDDEN)  # an actor's own DEBUG line
-            elif any(isinstance(a, (Message, MessageProxy)) for a in args):
-                record.args = tuple(f"{a.actor_name}[{a.message_id}]" if isinstance(a, (Message, MessageProxy))
-                                    else a for a in args)
+        if isinstance(record.args, tuple) and any(isinstance(a, self.kinds) for a in record.args):
+            record.args = tuple(self.label(a) if isinstance(a, self.kinds) else a for a in record.args)
         return True
+
+
+class HideMessageArgs(_Relabel):
+    kinds = (Message, MessageProxy)
+
+    def label(self, arg: Any) -> str:
+        return f"{arg.actor_name}[{arg.message_id}]"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and isinstance(record.msg, str) and record.msg.startswith("Received args="):
+            record.args = (_HIDDEN, _HIDDEN)  # an actor's own DEBUG line
+            return True
+        return super().filter(record)
+
+
+class HideRequestPaths(_Relabel):
+    kinds = (httpx.URL,)
+
+    def label(self, arg: Any) -> str:
+        return f"{arg.scheme}://{arg.netloc.decode('ascii', 'replace')}/…"
+
+
+def _install(logger: logging.Logger | str, kind: type[logging.Filter]) -> None:
+    logger = logging.getLogger(logger) if isinstance(logger, str) else logger
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
 
 
 def hide_message_args(logger: logging.Logger | str) -> None:
     """Put the filter on ``logger`` (a Dramatiq worker's, a consumer's or an actor's), once."""
-    logger = logging.getLogger(logger) if isinstance(logger, str) else logger
-    if not any(isinstance(f, HideMessageArgs) for f in logger.filters):
-        logger.addFilter(HideMessageArgs())
+    _install(logger, HideMessageArgs)
 
 
 def hide_actor_args(actor: Actor) -> Actor:
@@ -44,16 +71,6 @@ def hide_actor_args(actor: Actor) -> Actor:
     return actor
 
 
-class HideRequestPaths(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
-            record.args = tuple(f"{a.scheme}://{a.netloc.decode('ascii', 'replace')}/…" if isinstance(a, httpx.URL)
-                                else a for a in record.args)
-        return True
-
-
 def hide_request_paths() -> None:
     """Put the filter on httpx's logger, once (``Host`` does, so an embedding app gets it too)."""
-    logger = logging.getLogger("httpx")
-    if not any(isinstance(f, HideRequestPaths) for f in logger.filters):
-        logger.addFilter(HideRequestPaths())
+    _install("httpx", HideRequestPaths)
